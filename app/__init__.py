@@ -1,0 +1,1 @@
+"""HTTP service that serves exported encoders: embeddings, similarity and anomaly banks."""

@@ -1,0 +1,1 @@
+"""Self-supervised training of image and text encoders, exported as serving artifacts."""

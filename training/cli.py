@@ -1,0 +1,144 @@
+"""Command-line entry points ``ssl-train`` and ``ssl-eval``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from training.config import METHOD_NAMES, TrainConfig, read_config_file
+
+logger = logging.getLogger("training")
+
+# Flags with their own help text; every other TrainConfig field becomes --field-name.
+FLAG_HELP = {
+    "method": f"self-supervised method: {', '.join(METHOD_NAMES)}",
+    "data": "'digits', a folder of images, an .npz with 'images' (and 'labels'), a .txt or a .jsonl(.gz)",
+    "out": "artifact folder to write, such as models/NAME (clip writes NAME-image and NAME-text)",
+    "epochs": "passes over the training data",
+    "batch_size": "samples per step",
+    "lr": "peak learning rate after warm-up (default: the method's)",
+    "encoder": "encoder architecture: resnet, vit, mlp (images) or text_transformer",
+    "embedding_dim": "width of the exported embedding (default: the encoder's feature width)",
+    "seed": "seed for initialisation, data order and augmentations",
+    "device": "auto, cpu, cuda or cuda:N",
+    "resume": "checkpoint file, run folder, or 'auto' for the newest checkpoint of this run",
+}
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl-train", description="Train a self-supervised encoder and export an artifact.")
+    parser.add_argument("--config", help="YAML, TOML or JSON file of options; flags override it")
+    parser.add_argument("--run-dir", help="folder for checkpoints and metrics (default: runs/NAME)")
+    parser.add_argument("--log-level", default="INFO")
+    for spec in dataclasses.fields(TrainConfig):
+        if spec.name == "extra":
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        help_text = FLAG_HELP.get(spec.name, f"(default: {spec.default!r})" if spec.default is not dataclasses.MISSING else None)
+        kind = _flag_type(spec)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
+    return parser
+
+
+def _flag_type(spec: dataclasses.Field) -> Any:
+    text = str(spec.type)
+    if "bool" in text:
+        return bool
+    if "int" in text and "float" not in text:
+        return int
+    if "float" in text:
+        return float
+    return str
+
+
+def parse_train_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
+    args = _train_parser().parse_args(argv)
+    values: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    for name in TrainConfig.field_names() - {"extra"}:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    missing = [name for name in ("method", "data", "out") if name not in values]
+    if missing:
+        _train_parser().error("missing required options: " + ", ".join("--" + name for name in missing))
+    if args.run_dir:
+        values.setdefault("extra", {})["run_dir"] = args.run_dir
+    return TrainConfig(**values), args
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``ssl-train``; prints the artifact paths and metrics as JSON."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        config, args = parse_train_args(argv)
+    except ValueError as error:
+        print(f"ssl-train: error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level)
+    from training.trainer import NonFiniteLossError, train
+
+    try:
+        paths = train(config, argv)
+    except NonFiniteLossError as error:
+        logger.error("%s", error)
+        return 1
+    except (ValueError, FileNotFoundError) as error:
+        logger.error("%s", error)
+        return 2
+    result = {"artifacts": [str(path) for path in paths], "metrics": json.loads((paths[0] / "model.json").read_text())["metrics"]}
+    print(json.dumps(result))
+    return 0
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl-eval", description="Evaluate an artifact's frozen embeddings; prints one JSON object.")
+    parser.add_argument("artifact", help="artifact folder, such as models/NAME")
+    parser.add_argument("--data", required=True, help="evaluation data (same formats as ssl-train)")
+    parser.add_argument("--train-data", help="labelled reference data for kNN, probes and banks (default: a split of --data)")
+    parser.add_argument("--labels", help="for .jsonl data: the field that holds the label")
+    parser.add_argument("--text-field", default="text", help="for .jsonl data: the field(s) that hold the text, joined with '+'")
+    parser.add_argument("--k", type=int, default=20, help="neighbours for kNN accuracy")
+    parser.add_argument("--shots", type=int, default=5, help="labels per class for the few-label probe")
+    parser.add_argument("--draws", type=int, default=5, help="random draws for the few-label probe")
+    parser.add_argument("--anomaly-k", type=int, default=5, help="neighbours for one-class anomaly scores")
+    parser.add_argument("--limit", type=int, help="use at most this many samples of each split")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-level", default="WARNING")
+    return parser
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``ssl-eval``."""
+    args = _eval_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    configure_logging(args.log_level)
+    from training.artifact import ArtifactError
+    from training.eval_run import evaluate_artifact
+
+    try:
+        metrics = evaluate_artifact(args)
+    except (ArtifactError, ValueError, FileNotFoundError) as error:
+        logger.error("%s", error)
+        return 2
+    print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(train_main())

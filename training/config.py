@@ -1,0 +1,127 @@
+"""The resolved configuration of a training run.
+
+Every ``ssl-train`` flag is a field here; a ``--config`` file (YAML or TOML) sets the
+same names, and flags given on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHOD_NAMES = ("simclr", "byol", "mae", "rotation", "jigsaw", "inpainting", "mlm", "simcse", "clip")
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one ``ssl-train`` run, with each method's paper defaults."""
+
+    method: str
+    data: str
+    out: str
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float | None = None  # None: the method's default
+    optimizer: str | None = None  # adamw, sgd or lars; None: the method's default
+    weight_decay: float | None = None
+    warmup_epochs: float = 1.0
+    grad_clip: float = 3.0
+    precision: str = "auto"  # auto, fp32, bf16 or fp16 (the last two on CUDA only)
+    seed: int = 0
+    device: str = "auto"
+    resume: str | None = None
+    checkpoint_every: int = 500  # steps
+    keep_checkpoints: int = 2
+    log_every: int = 20  # steps
+    num_workers: int = 0
+    holdout_fraction: float = 0.2  # labelled share kept out of training for kNN
+    limit: int | None = None  # use at most this many samples
+    name: str | None = None  # artifact name; default: the output folder's name
+
+    # encoder
+    encoder: str | None = None  # resnet, vit, mlp or text_transformer; None: the method's default
+    encoder_depth: int | None = None
+    encoder_width: int | None = None
+    embedding_dim: int | None = None
+    patch_size: int | None = None
+    heads: int | None = None
+    image_size: int | None = None  # None: the data's own size
+    channels: int | None = None  # None: the data's own channels
+
+    # augmentations
+    augment: str | None = None  # preset name; None: the method's preset
+    crop_scale_min: float | None = None
+    horizontal_flip_prob: float | None = None
+
+    # method settings
+    temperature: float | None = None
+    projection_dim: int = 128
+    projection_hidden_dim: int = 512
+    momentum_base: float = 0.996
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    decoder_width: int = 128
+    decoder_depth: int = 2
+    jigsaw_grid: int = 3
+    jigsaw_permutations: int = 100
+    inpainting_mask: str = "block"  # block or patches
+
+    # text
+    text_field: str = "text"
+    label_field: str | None = None
+    vocab_size: int = 8000
+    max_tokens: int = 128
+    lowercase: bool = True
+    mlm_probability: float = 0.15
+    init_from: str | None = None  # artifact or checkpoint to start the encoder from
+
+    # image-text
+    image_field: str | None = None
+    caption_rule: str | None = None
+    fonts_json: str | None = None
+
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    def __post_init__(self) -> None:
+        if self.method not in METHOD_NAMES:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHOD_NAMES)}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML, TOML or JSON file of ``TrainConfig`` fields; unknown keys raise."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        values = tomllib.loads(text)
+    elif path.suffix == ".json":
+        values = json.loads(text)
+    else:
+        values = yaml.safe_load(text) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of settings, got {type(values).__name__}")
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    unknown = set(values) - TrainConfig.field_names()
+    if unknown:
+        raise ValueError(f"{path} sets unknown options: {', '.join(sorted(unknown))}")
+    return values
