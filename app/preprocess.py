@@ -47,8 +47,9 @@ _UNSUPPORTED_SIGNATURES = (
 )
 _HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
 
-# Pillow's image plugins raise these for malformed or truncated data.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, zlib.error)
+# Pillow's image plugins raise these for malformed or truncated data. Its TIFF and EXIF
+# readers warn (UserWarning) about corrupt tags, which raises only where warnings are errors.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, zlib.error, UserWarning)
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.errors import InvalidInput, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from app.preprocess import decode_base64, decode_image_item
 from training.artifact import ImagePreprocessing
 
@@ -363,6 +363,24 @@ def test_broken_png_header() -> None:
     data[20] ^= 0xFF  # corrupt IHDR so its CRC no longer matches
     with pytest.raises(InvalidInput):
         decode_image_item(bytes(data), RGB, LIMIT)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"])
+def test_corrupted_bytes_never_crash(fmt: str) -> None:
+    data = encode(noise((24, 24)), fmt)
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        mutated = bytearray(data)
+        for position in rng.integers(0, len(data), size=4):
+            mutated[position] = int(rng.integers(0, 256))
+        if trial % 3 == 0:
+            mutated = mutated[: int(rng.integers(0, len(mutated)))]
+        try:
+            tensor = decode_image_item(bytes(mutated), RGB, LIMIT)
+        except ServiceError as error:
+            assert error.status in (400, 413, 415)
+        else:
+            assert tensor.shape == (3, 8, 8)
 
 
 # --- threads --------------------------------------------------------------------------
