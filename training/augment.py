@@ -3,11 +3,14 @@
 Each transform draws independent random parameters for every sample of a batch from a
 ``torch.Generator`` and applies them with tensor operations, so one call augments a
 whole batch (B, C, H, W) of floats in [0, 1] without a per-image Python loop. The same
-generator seed gives the same output.
+generator seed gives the same output, and the output keeps the input's dtype and range.
+Grayscale (C = 1) and RGB (C = 3) images are supported; saturation, hue and grayscale
+conversion only act on RGB.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, replace
 
@@ -17,7 +20,15 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentationConfig:
-    """Parameters of the SimCLR-style view pipeline; probabilities are per sample."""
+    """Parameters of a view pipeline; every probability is drawn per sample.
+
+    The pipeline is: random resized crop (``crop_scale`` is the area fraction,
+    ``crop_ratio`` the width/height range) with a horizontal flip, colour jitter
+    (factors drawn from [1 - s, 1 + s] for brightness, contrast and saturation, a hue
+    shift from [-hue, hue] turns, the four in a random order per sample), random
+    grayscale, Gaussian blur (sigma in ``blur_sigma`` pixels) and solarisation (pixels
+    at or above ``solarize_threshold`` become 1 - x).
+    """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -25,7 +36,7 @@ class AugmentationConfig:
     color_jitter_prob: float = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
-    saturation: float = 0.2
+    saturation: float = 0.4
     hue: float = 0.1
     grayscale_prob: float = 0.2
     blur_prob: float = 0.0
@@ -33,30 +44,76 @@ class AugmentationConfig:
     solarize_prob: float = 0.0
     solarize_threshold: float = 0.5
 
+    def __post_init__(self) -> None:
+        low, high = self.crop_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
+        for name in ("horizontal_flip_prob", "color_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+        for name in ("brightness", "contrast", "saturation"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1] so that factors stay non-negative, got {value}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5] turns, got {self.hue}")
+        if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
+        if not 0.0 <= self.solarize_threshold <= 1.0:
+            raise ValueError(f"solarize_threshold must be in [0, 1], got {self.solarize_threshold}")
+
 
 PRESETS: dict[str, AugmentationConfig] = {
-    # SimCLR (Chen et al., 2020), CIFAR setting: no blur at small resolution.
+    # SimCLR (Chen et al., 2020), CIFAR setting: colour strength s = 0.5, so jitter
+    # (0.8s, 0.8s, 0.8s, 0.2s), and no blur at small resolution.
     "simclr": AugmentationConfig(),
+    # SimCLR, ImageNet setting: strength s = 1 and blur on half of the images.
+    "simclr_imagenet": AugmentationConfig(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_prob=0.5),
     # BYOL (Grill et al., 2020): the two views use different blur and solarisation
     # probabilities; this preset is the first view, ``byol_view2`` the second.
-    "byol": AugmentationConfig(color_jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, blur_prob=1.0),
-    "byol_view2": AugmentationConfig(blur_prob=0.1, solarize_prob=0.2),
+    "byol": AugmentationConfig(saturation=0.2, blur_prob=1.0, solarize_prob=0.0),
+    "byol_view2": AugmentationConfig(saturation=0.2, blur_prob=0.1, solarize_prob=0.2),
     # Glyphs and digits: mirroring or cutting away most of a character changes its
     # identity, so crops keep at least 40 % of the area and nothing is flipped.
-    "glyphs": AugmentationConfig(crop_scale=(0.4, 1.0), crop_ratio=(0.8, 1.25), horizontal_flip_prob=0.0, brightness=0.5, contrast=0.5, saturation=0.0, hue=0.0, grayscale_prob=0.0, blur_prob=0.3, blur_sigma=(0.1, 1.0)),
-    # Reconstruction methods (MAE, inpainting): crops and flips only.
+    "glyphs": AugmentationConfig(
+        crop_scale=(0.4, 1.0), crop_ratio=(0.8, 1.25), horizontal_flip_prob=0.0, brightness=0.5, contrast=0.5,
+        saturation=0.0, hue=0.0, grayscale_prob=0.0, blur_prob=0.3, blur_sigma=(0.1, 1.0),
+    ),
+    # Reconstruction and pretext-task methods (MAE, inpainting, rotation, jigsaw):
+    # crops and flips only, as in their papers.
     "crop_flip": AugmentationConfig(crop_scale=(0.2, 1.0), color_jitter_prob=0.0, grayscale_prob=0.0),
     "crop": AugmentationConfig(crop_scale=(0.4, 1.0), horizontal_flip_prob=0.0, color_jitter_prob=0.0, grayscale_prob=0.0),
-    "none": AugmentationConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), horizontal_flip_prob=0.0, color_jitter_prob=0.0, grayscale_prob=0.0),
+    "none": AugmentationConfig(
+        crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), horizontal_flip_prob=0.0, color_jitter_prob=0.0, grayscale_prob=0.0
+    ),
 }
 
 
 def get_preset(name: str, **overrides: object) -> AugmentationConfig:
-    """Return the preset ``name`` with the given fields replaced."""
+    """Return the preset ``name`` with the given fields replaced; ``None`` values are ignored."""
     if name not in PRESETS:
         raise ValueError(f"unknown augmentation preset {name!r}; expected one of {sorted(PRESETS)}")
+    fields = {spec.name for spec in dataclasses.fields(AugmentationConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown augmentation settings {unknown}; expected some of {sorted(fields)}")
     overrides = {key: value for key, value in overrides.items() if value is not None}
     return replace(PRESETS[name], **overrides)
+
+
+def preset_augmentation(
+    name: str,
+    crop_scale_min: float | None = None,
+    horizontal_flip_prob: float | None = None,
+) -> BatchAugmentation:
+    """Build the pipeline of preset ``name`` with the command line's crop and flip overrides."""
+    crop_scale = None
+    if crop_scale_min is not None:
+        crop_scale = (crop_scale_min, 1.0)
+    return BatchAugmentation(get_preset(name, crop_scale=crop_scale, horizontal_flip_prob=horizontal_flip_prob))
 
 
 class BatchAugmentation:
@@ -69,6 +126,8 @@ class BatchAugmentation:
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if images.ndim != 4:
             raise ValueError(f"expected images (B, C, H, W), got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"expected floating-point images in [0, 1], got dtype {images.dtype}")
         config = self.config
         out = random_resized_crop(
             images, config.crop_scale, config.crop_ratio, config.horizontal_flip_prob,
@@ -86,18 +145,16 @@ class BatchAugmentation:
         return out.clamp_(0.0, 1.0)
 
 
-def _draw(images: torch.Tensor, generator: torch.Generator | None, count: int = 1) -> torch.Tensor:
+def _draw(images: torch.Tensor, generator: torch.Generator | None, count: int | None = None) -> torch.Tensor:
     """Return uniform samples (B,) or (B, count) in [0, 1) on the images' device."""
-    shape = (images.shape[0],) if count == 1 else (images.shape[0], count)
-    return torch.rand(shape, generator=generator, device=_generator_device(generator, images))
-
-
-def _generator_device(generator: torch.Generator | None, images: torch.Tensor) -> torch.device:
-    return generator.device if generator is not None else images.device
+    shape = (images.shape[0],) if count is None else (images.shape[0], count)
+    device = generator.device if generator is not None else images.device
+    return torch.rand(shape, generator=generator, device=device).to(images.device)
 
 
 def _uniform(images: torch.Tensor, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
-    return (low + (high - low) * _draw(images, generator)).to(images.device)
+    """Return one uniform sample per image (B,) from [low, high), in the images' dtype."""
+    return (low + (high - low) * _draw(images, generator)).to(images.dtype)
 
 
 def _where_sample(condition: torch.Tensor, when_true: torch.Tensor, when_false: torch.Tensor) -> torch.Tensor:
@@ -116,19 +173,25 @@ def random_resized_crop(
 
     The crop box is sampled per image (area, log-uniform aspect, position inside the
     image) and applied through one ``affine_grid``/``grid_sample`` call; a horizontal
-    flip is the sign of the x scale. Returns (B, C, output_size, output_size).
+    flip is the sign of the x scale. A box wider or taller than the image is cut to the
+    image side and the other side grows so the box keeps its sampled area.
+    Returns (B, C, output_size, output_size).
     """
     batch = images.shape[0]
-    area = _uniform(images, scale[0], scale[1], generator)
-    log_ratio = _uniform(images, math.log(ratio[0]), math.log(ratio[1]), generator)
+    area = _uniform(images, scale[0], scale[1], generator).float()
+    log_ratio = _uniform(images, math.log(ratio[0]), math.log(ratio[1]), generator).float()
     aspect = torch.exp(log_ratio)
-    # Width and height as fractions of the image side, clipped to fit inside it.
-    width = torch.sqrt(area * aspect).clamp(max=1.0)
-    height = torch.sqrt(area / aspect).clamp(max=1.0)
-    center_x = (_draw(images, generator).to(images.device) * 2 - 1) * (1 - width)
-    center_y = (_draw(images, generator).to(images.device) * 2 - 1) * (1 - height)
-    flip = (_draw(images, generator).to(images.device) < flip_prob).float() * -2 + 1
 
+    # Width and height as fractions of the image side; area = width * height.
+    width = torch.sqrt(area * aspect)
+    height = torch.sqrt(area / aspect)
+    width, height = torch.where(width > 1, 1.0, width), torch.where(width > 1, area, height)
+    width, height = torch.where(height > 1, area, width), torch.where(height > 1, 1.0, height)
+    center_x = (_draw(images, generator) * 2 - 1) * (1 - width)
+    center_y = (_draw(images, generator) * 2 - 1) * (1 - height)
+    flip = 1.0 - 2.0 * (_draw(images, generator) < flip_prob).float()
+
+    # affine_grid maps output coordinates in [-1, 1] to input coordinates.
     theta = torch.zeros(batch, 2, 3, device=images.device, dtype=images.dtype)
     theta[:, 0, 0] = width * flip
     theta[:, 0, 2] = center_x
@@ -145,45 +208,71 @@ def to_grayscale(images: torch.Tensor) -> torch.Tensor:
 
 
 def color_jitter(images: torch.Tensor, config: AugmentationConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Jitter brightness, contrast, saturation and hue with per-sample factors.
+    """Jitter brightness, contrast, saturation and hue with per-sample factors and order.
 
-    The four adjustments are applied in a random order per batch (drawn from the
-    generator), as torchvision's ColorJitter does per image.
+    Each sample draws its own four factors and its own order of the four adjustments,
+    as torchvision's ColorJitter does per image; the jittered image replaces the input
+    with probability ``config.color_jitter_prob``.
     """
     apply = _draw(images, generator) < config.color_jitter_prob
+    factors = {
+        "brightness": _uniform(images, 1 - config.brightness, 1 + config.brightness, generator).view(-1, 1, 1, 1),
+        "contrast": _uniform(images, 1 - config.contrast, 1 + config.contrast, generator).view(-1, 1, 1, 1),
+        "saturation": _uniform(images, 1 - config.saturation, 1 + config.saturation, generator).view(-1, 1, 1, 1),
+        "hue": _uniform(images, -config.hue, config.hue, generator),
+    }
+    order = torch.argsort(_draw(images, generator, count=4), dim=1)  # (B, 4): adjustment index per position
+    adjustments = [name for name in ("brightness", "contrast", "saturation", "hue") if _changes(name, config, images)]
+
     out = images
-    order = torch.randperm(4, generator=generator, device=_generator_device(generator, images)).tolist()
-    for step in order:
-        if step == 0 and config.brightness > 0:
-            factor = _uniform(images, 1 - config.brightness, 1 + config.brightness, generator).view(-1, 1, 1, 1)
-            out = (out * factor).clamp(0, 1)
-        elif step == 1 and config.contrast > 0:
-            factor = _uniform(images, 1 - config.contrast, 1 + config.contrast, generator).view(-1, 1, 1, 1)
-            mean = (to_grayscale(out) if out.shape[1] == 3 else out).mean(dim=(1, 2, 3), keepdim=True)
-            out = ((out - mean) * factor + mean).clamp(0, 1)
-        elif step == 2 and config.saturation > 0 and out.shape[1] == 3:
-            factor = _uniform(images, 1 - config.saturation, 1 + config.saturation, generator).view(-1, 1, 1, 1)
-            gray = to_grayscale(out)
-            out = ((out - gray) * factor + gray).clamp(0, 1)
-        elif step == 3 and config.hue > 0 and out.shape[1] == 3:
-            shift = _uniform(images, -config.hue, config.hue, generator)
-            out = _rotate_hue(out, shift)
+    for position in range(4):
+        chosen = order[:, position]
+        adjusted = out
+        for name in adjustments:
+            index = ("brightness", "contrast", "saturation", "hue").index(name)
+            adjusted = _where_sample(chosen == index, _adjust(name, out, factors[name]), adjusted)
+        out = adjusted
     return _where_sample(apply, out, images)
 
 
+def _changes(name: str, config: AugmentationConfig, images: torch.Tensor) -> bool:
+    """Return whether adjustment ``name`` can change ``images`` under ``config``."""
+    if name in ("saturation", "hue") and images.shape[1] != 3:
+        return False
+    return getattr(config, name) > 0
+
+
+def _adjust(name: str, images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    if name == "brightness":
+        return (images * factor).clamp(0, 1)
+    if name == "contrast":
+        mean = (to_grayscale(images) if images.shape[1] == 3 else images).mean(dim=(1, 2, 3), keepdim=True)
+        return ((images - mean) * factor + mean).clamp(0, 1)
+    if name == "saturation":
+        gray = to_grayscale(images)
+        return ((images - gray) * factor + gray).clamp(0, 1)
+    return _rotate_hue(images, factor)
+
+
 def _rotate_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate hue by ``shift`` (B,) turns, as a rotation about the gray axis in YIQ space."""
-    to_yiq = images.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    """Rotate hue by ``shift`` (B,) turns, as a rotation about the gray axis in YIQ space.
+
+    This approximates torchvision's HSV hue shift: both turn colours around the gray
+    axis and keep gray pixels unchanged.
+    """
+    to_yiq = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=images.device
+    )
     from_yiq = torch.linalg.inv(to_yiq)
-    angle = shift * 2 * math.pi
+    angle = shift.float() * 2 * math.pi
     cos, sin = torch.cos(angle), torch.sin(angle)
-    rotation = torch.zeros(images.shape[0], 3, 3, device=images.device, dtype=images.dtype)
+    rotation = torch.zeros(images.shape[0], 3, 3, device=images.device)
     rotation[:, 0, 0] = 1
     rotation[:, 1, 1] = cos
     rotation[:, 1, 2] = -sin
     rotation[:, 2, 1] = sin
     rotation[:, 2, 2] = cos
-    matrix = from_yiq @ rotation @ to_yiq  # (B, 3, 3)
+    matrix = (from_yiq @ rotation @ to_yiq).to(images.dtype)  # (B, 3, 3)
     out = torch.einsum("bij,bjhw->bihw", matrix, images)
     return out.clamp(0, 1)
 
@@ -194,18 +283,24 @@ def gaussian_blur(
     prob: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Blur each selected image with its own sigma, as two separable depthwise passes."""
+    """Blur each selected image with its own sigma, as two separable depthwise passes.
+
+    The kernel radius is 3 sigma of the largest sigma, cut to what the image side
+    allows; borders are reflected, or replicated for images under 2 pixels.
+    """
     batch, channels, height, width = images.shape
-    radius = max(1, int(math.ceil(3 * sigma[1])))
-    radius = min(radius, (min(height, width) - 1) // 2) or 1
-    sigmas = _uniform(images, sigma[0], sigma[1], generator)
-    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    radius = max(1, math.ceil(3 * sigma[1]))
+    radius = max(1, min(radius, min(height, width) - 1))
+    sigmas = _uniform(images, sigma[0], sigma[1], generator).float()
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
     kernels = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sigmas.view(-1, 1) ** 2))
-    kernels = kernels / kernels.sum(dim=1, keepdim=True)  # (B, 2r+1)
+    kernels = (kernels / kernels.sum(dim=1, keepdim=True)).to(images.dtype)  # (B, 2r+1)
+
     # One depthwise group per (sample, channel): (1, B*C, H, W) with B*C kernels.
     weight = kernels.repeat_interleave(channels, dim=0)
     flat = images.reshape(1, batch * channels, height, width)
-    flat = F.pad(flat, (radius, radius, radius, radius), mode="reflect")
+    padding_mode = "reflect" if min(height, width) > radius else "replicate"
+    flat = F.pad(flat, (radius, radius, radius, radius), mode=padding_mode)
     flat = F.conv2d(flat, weight.view(-1, 1, 1, 2 * radius + 1), groups=batch * channels)
     flat = F.conv2d(flat, weight.view(-1, 1, 2 * radius + 1, 1), groups=batch * channels)
     blurred = flat.view(batch, channels, height, width)
