@@ -1,5 +1,16 @@
 """Self-supervised losses, one module each."""
 
+from training.losses.byol import BYOLLoss, byol_loss
+from training.losses.inpainting import masked_pixel_loss
+from training.losses.mae import mae_loss, normalize_patches
 from training.losses.nt_xent import NTXentLoss, nt_xent
 
-__all__ = ["NTXentLoss", "nt_xent"]
+__all__ = [
+    "BYOLLoss",
+    "NTXentLoss",
+    "byol_loss",
+    "mae_loss",
+    "masked_pixel_loss",
+    "normalize_patches",
+    "nt_xent",
+]
