@@ -66,3 +66,17 @@ class NotReady(ServiceError):
 class Timeout(ServiceError):
     status = 504
     error_type = "timeout"
+
+
+class ClientClosedRequest(ServiceError):
+    """The client disconnected before the answer was ready; nothing reads this response."""
+
+    status = 499
+    error_type = "client_closed_request"
+
+
+class InferenceFailed(ServiceError):
+    """A forward pass raised; the batch's requests fail and the worker goes on."""
+
+    status = 500
+    error_type = "inference_failed"
