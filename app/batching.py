@@ -1,0 +1,211 @@
+"""Dynamic batching: requests for one model share forward passes.
+
+Requests enqueue their preprocessed items in a bounded queue. One worker task per model
+takes up to ``max_batch_size`` items, waiting at most ``max_wait_ms`` after the first
+one for more to arrive, runs a single forward pass in a thread (never on the event
+loop) and hands each request its rows once all of them are computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from app.errors import InferenceFailed, Overloaded, ServiceError
+from app.metrics import ServiceMetrics
+from app.registry import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    """One caller's items in flight: rows fill in as batches finish."""
+
+    future: asyncio.Future[torch.Tensor]
+    rows: list[torch.Tensor | None]
+    remaining: int
+
+
+@dataclass
+class _Entry:
+    """One queued item and where its row goes."""
+
+    request: _Request
+    position: int
+    input: torch.Tensor
+
+
+@dataclass
+class DynamicBatcher:
+    """The queue and worker of one model.
+
+    Args:
+        model: the loaded model whose ``encode`` runs each batch.
+        max_batch_size: most items in one forward pass.
+        max_wait_ms: longest wait after the first queued item for a batch to fill.
+        max_queue_items: most queued items; past it ``submit`` raises Overloaded.
+        metrics: where queue depth, batch sizes and inference times go.
+        torch_threads: intra-op threads of the inference thread; 0 keeps torch's setting.
+    """
+
+    model: LoadedModel
+    max_batch_size: int
+    max_wait_ms: float
+    max_queue_items: int
+    metrics: ServiceMetrics
+    torch_threads: int = 0
+    _queue: deque[_Entry] = field(default_factory=deque, init=False)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _worker: asyncio.Task[None] | None = field(default=None, init=False)
+    _executor: ThreadPoolExecutor | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must not be negative, got {self.max_wait_ms}")
+        if self.max_queue_items < 1:
+            raise ValueError(f"max_queue_items must be at least 1, got {self.max_queue_items}")
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker task is running; a dead worker makes the service not ready."""
+        return self._worker is not None and not self._worker.done()
+
+    def start(self) -> None:
+        """Start the worker task and its inference thread on the running event loop."""
+        if self._worker is not None:
+            raise RuntimeError(f"batcher of model {self.model.id} is already started")
+        initializer = torch.set_num_threads if self.torch_threads else None
+        initargs = (self.torch_threads,) if self.torch_threads else ()
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"infer-{self.model.id}", initializer=initializer, initargs=initargs
+        )
+        self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.model.id}")
+        self.metrics.queue_depth.labels(model=self.model.id).set_function(lambda: self.queue_depth)
+
+    async def stop(self) -> None:
+        """Cancel the worker, fail what is still queued and release the inference thread."""
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        while self._queue:
+            request = self._queue.popleft().request
+            if not request.future.done():
+                request.future.set_exception(ServiceError(f"model {self.model.id} is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def submit(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Queue preprocessed inputs and return their raw embeddings (N, D) float32, in order.
+
+        Raises Overloaded (503 with Retry-After) when the queue has no room for all of
+        them, so a request is queued entirely or not at all. Cancelling the caller (a
+        timeout or a client that went away) leaves its remaining items uncomputed.
+        """
+        if not inputs:
+            raise ValueError("submit needs at least one input")
+        if self.queue_depth + len(inputs) > self.max_queue_items:
+            self._drop_abandoned()
+        if self.queue_depth + len(inputs) > self.max_queue_items:
+            self.metrics.rejected_items.labels(model=self.model.id).inc(len(inputs))
+            raise Overloaded(
+                f"model {self.model.id} has {self.queue_depth} items queued and room for "
+                f"{self.max_queue_items}; retry later",
+                retry_after_s=1,
+            )
+
+        future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
+        request = _Request(future=future, rows=[None] * len(inputs), remaining=len(inputs))
+        self._queue.extend(_Entry(request, position, tensor) for position, tensor in enumerate(inputs))
+        self._arrived.set()
+        return await future
+
+    def _drop_abandoned(self) -> None:
+        """Remove queued items whose request was cancelled, counting them as skipped."""
+        live = deque(entry for entry in self._queue if not entry.request.future.done())
+        skipped = len(self._queue) - len(live)
+        if skipped:
+            self.metrics.skipped_items.labels(model=self.model.id).inc(skipped)
+        self._queue = live
+
+    async def _run(self) -> None:
+        logger.info("batcher of model %s started (batch %d, wait %.1f ms)", self.model.id, self.max_batch_size, self.max_wait_ms)
+        while True:
+            batch = await self._collect()
+            if batch:
+                await self._process(batch)
+
+    async def _collect(self) -> list[_Entry]:
+        """Wait for a first item, then up to max_wait_ms for the batch to fill; return the live items."""
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+
+        deadline = time.monotonic() + self.max_wait_ms / 1000
+        while len(self._queue) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+
+        batch = []
+        skipped = 0
+        while self._queue and len(batch) < self.max_batch_size:
+            entry = self._queue.popleft()
+            if entry.request.future.done():
+                skipped += 1
+            else:
+                batch.append(entry)
+        if skipped:
+            self.metrics.skipped_items.labels(model=self.model.id).inc(skipped)
+            logger.debug("model %s: skipped %d items of cancelled requests", self.model.id, skipped)
+        return batch
+
+    async def _process(self, batch: list[_Entry]) -> None:
+        """Run one forward pass and deliver its rows; an error fails only this batch's requests."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            embeddings = await loop.run_in_executor(self._executor, self.model.encode, [entry.input for entry in batch])
+        except Exception as error:  # any failure of the forward pass ends this batch only
+            logger.exception("model %s: forward pass over %d items failed", self.model.id, len(batch))
+            failure = error if isinstance(error, ServiceError) else InferenceFailed(
+                f"inference failed on model {self.model.id}: {type(error).__name__}: {error}"
+            )
+            for entry in batch:
+                if not entry.request.future.done():
+                    entry.request.future.set_exception(failure)
+            return
+
+        elapsed = time.perf_counter() - started
+        self.metrics.batch_size.labels(model=self.model.id).observe(len(batch))
+        self.metrics.inference_seconds.labels(model=self.model.id).observe(elapsed)
+        logger.debug("model %s: batch of %d in %.1f ms", self.model.id, len(batch), elapsed * 1000)
+
+        for row, entry in zip(embeddings, batch):  # embeddings (B, D), one row per entry
+            request = entry.request
+            if request.future.done():
+                continue
+            request.rows[entry.position] = row
+            request.remaining -= 1
+            if request.remaining == 0:
+                request.future.set_result(torch.stack(request.rows))  # (N, D)
