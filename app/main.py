@@ -1,0 +1,147 @@
+"""The FastAPI app: ``create_app`` builds it, its lifespan loads models and starts batchers.
+
+Nothing happens at import. ``create_app`` wires routes, middleware and error handlers;
+the lifespan loads and warms every artifact, starts one dynamic batcher per model, opens
+the anomaly bank store and only then marks the service ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import Depends, FastAPI
+
+from app.auth import require_api_key
+from app.batching import DynamicBatcher
+from app.cache import EmbeddingCache
+from app.error_handlers import install_error_handlers
+from app.limits import BodyLimitMiddleware
+from app.metrics import LatencyMiddleware, ServiceMetrics
+from app.registry import load_models, resolve_device
+from app.routes import banks, embeddings, health, models, similarity
+from app.settings import Settings
+from app.state import ServiceState
+
+logger = logging.getLogger(__name__)
+
+MAX_AUTO_PREPROCESS_THREADS = 4
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service app for ``settings`` (default: read from ``EMBED_*`` variables)."""
+    settings = settings if settings is not None else Settings()
+    metrics = ServiceMetrics()
+    app = FastAPI(
+        title="ssl-embed",
+        summary="Embeddings, similarity and anomaly scores from self-supervised encoders.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app, metrics)
+
+    app.include_router(health.router)
+    protected = [Depends(require_api_key)]
+    for module in (models, embeddings, similarity, banks):
+        app.include_router(module.router, dependencies=protected)
+
+    # added last runs first: latency wraps everything, the body limit runs before routing
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, metrics=metrics)
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load models, start batchers and the bank store; stop them in reverse on shutdown."""
+    settings: Settings = app.state.settings
+    state = ServiceState(settings=settings, metrics=app.state.metrics, cache=EmbeddingCache(settings.cache_size))
+    app.state.service = state
+    _warn_about_exposure(settings)
+
+    torch_threads = configure_threads(settings)
+    state.preprocess_executor = ThreadPoolExecutor(
+        max_workers=settings.preprocess_threads or min(MAX_AUTO_PREPROCESS_THREADS, available_cpus()),
+        thread_name_prefix="preprocess",
+    )
+    try:
+        device, dtype = resolve_device(settings)
+        logger.info("loading models from %s onto %s (%s)", settings.models_dir, device, str(dtype).removeprefix("torch."))
+        state.registry = await asyncio.to_thread(load_models, settings, device, dtype)
+        for model in state.registry.models.values():
+            batcher = DynamicBatcher(
+                model,
+                max_batch_size=settings.max_batch_size,
+                max_wait_ms=settings.max_wait_ms,
+                max_queue_items=settings.max_queue_items,
+                metrics=state.metrics,
+                torch_threads=torch_threads,
+            )
+            batcher.start()
+            state.batchers[model.id] = batcher
+        state.banks = await asyncio.to_thread(open_bank_store, settings)
+        state.ready = True
+        logger.info("ready: %d models %s", len(state.registry.models), sorted(state.registry.models))
+        yield
+    finally:
+        state.ready = False
+        await _shut_down(state)
+
+
+async def _shut_down(state: ServiceState) -> None:
+    for batcher in state.batchers.values():
+        await batcher.stop()
+    if state.banks is not None and hasattr(state.banks, "close"):
+        await asyncio.to_thread(state.banks.close)
+    if state.preprocess_executor is not None:
+        state.preprocess_executor.shutdown(wait=True, cancel_futures=True)
+    logger.info("stopped")
+
+
+def open_bank_store(settings: Settings) -> Any:
+    """Create the anomaly bank store under ``settings.data_dir`` and load its banks."""
+    # TODO: import create_bank_store directly once app.banks provides it.
+    try:
+        banks_module = importlib.import_module("app.banks")
+    except ModuleNotFoundError as error:
+        if error.name != "app.banks":
+            raise
+        banks_module = None
+    factory = getattr(banks_module, "create_bank_store", None)
+    if factory is None:
+        logger.warning("app.banks provides no create_bank_store; the service runs without anomaly banks")
+        return None
+    return factory(settings)
+
+
+def available_cpus() -> int:
+    """Return the CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
+def configure_threads(settings: Settings) -> int:
+    """Set torch's intra-op threads and return the count.
+
+    The default is one thread per available CPU: the forward passes of a model run one
+    at a time, so more threads than cores would only contend.
+    """
+    threads = settings.torch_threads or available_cpus()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _warn_about_exposure(settings: Settings) -> None:
+    if settings.exposed and settings.api_key is None:
+        logger.warning("listening on %s without an API key; anyone who can reach it may use it", settings.host)
