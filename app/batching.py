@@ -94,6 +94,7 @@ class DynamicBatcher:
         )
         self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.model.id}")
         self.metrics.queue_depth.labels(model=self.model.id).set_function(lambda: self.queue_depth)
+        self.metrics.register_model(self.model.id)
 
     async def stop(self) -> None:
         """Cancel the worker, fail what is still queued and release the inference thread."""

@@ -60,6 +60,18 @@ class ServiceMetrics:
             "embed_cache_misses", "Embeddings not in the cache, computed.", ["model"], registry=self.registry
         )
 
+    def register_model(self, model_id: str) -> None:
+        """Create the per-model series at zero, so that dashboards see a model before its first request."""
+        for metric in (
+            self.batch_size,
+            self.inference_seconds,
+            self.rejected_items,
+            self.skipped_items,
+            self.cache_hits,
+            self.cache_misses,
+        ):
+            metric.labels(model=model_id)
+
 
 class LatencyMiddleware:
     """ASGI middleware that records each HTTP request's latency by route template.

@@ -1,0 +1,154 @@
+"""Dynamic batching: batch independence, the bounded queue, timeouts, cancellation and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from app.batching import DynamicBatcher
+from app.errors import InferenceFailed
+from app.metrics import ServiceMetrics
+from app.registry import load_model
+from app.settings import Settings
+from tests.app.conftest import IMAGE_MODEL
+from tests.app.helpers import export_image_model, export_text_model, live_server, make_settings, png_base64, running_app
+
+pytestmark = pytest.mark.anyio
+
+TEXT_MODEL = "tiny-text"
+
+
+def sample(app, name: str, model: str) -> float:
+    value = app.state.service.metrics.registry.get_sample_value(name, {"model": model})
+    return 0.0 if value is None else value
+
+
+async def wait_until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def embed_one(client: httpx.AsyncClient, item: object) -> np.ndarray:
+    response = await client.post("/v1/embeddings", json={"input": [item], "normalize": False})
+    assert response.status_code == 200
+    return np.array(response.json()["data"][0]["embedding"])
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+async def test_batch_result_independent_of_batch(tmp_path: Path, models_dir: Path, modality: str) -> None:
+    if modality == "image":
+        export_image_model(models_dir, IMAGE_MODEL)
+        target = {"image": png_base64(0)}
+        others = [{"image": png_base64(seed, size=12 + seed)} for seed in range(1, 8)]
+        model = IMAGE_MODEL
+    else:
+        export_text_model(models_dir, TEXT_MODEL)
+        target = "a cat"
+        others = [" ".join(["the quick brown fox"] * seed) for seed in range(1, 8)]  # longer texts pad the target
+        model = TEXT_MODEL
+    settings = make_settings(models_dir, tmp_path / "var", max_batch_size=8, max_wait_ms=300)
+
+    async with running_app(settings) as (app, client):
+        alone = await embed_one(client, target)
+        batched = await asyncio.gather(*(embed_one(client, item) for item in [*others[:3], target, *others[3:]]))
+        batches = sample(app, "embed_batch_size_count", model)
+        items = sample(app, "embed_batch_size_sum", model)
+
+    assert batches == 2
+    assert items == 9
+    np.testing.assert_allclose(batched[3], alone, rtol=0, atol=1e-5)
+
+
+async def test_queue_full_returns_503(tmp_path: Path, image_model_settings: Settings) -> None:
+    settings = image_model_settings.model_copy(
+        update={"max_queue_items": 4, "max_items_per_request": 4, "max_batch_size": 64, "max_wait_ms": 1000}
+    )
+    async with running_app(settings) as (app, client):
+        batcher = app.state.service.batchers[IMAGE_MODEL]
+        first = asyncio.ensure_future(
+            client.post("/v1/embeddings", json={"input": [{"image": png_base64(seed)} for seed in range(4)]})
+        )
+        await wait_until(lambda: batcher.queue_depth == 4)
+        rejected = await client.post("/v1/embeddings", json={"input": [{"image": png_base64(9)}]})
+        accepted = await first
+
+    assert rejected.status_code == 503
+    assert rejected.headers["retry-after"] == "1"
+    assert rejected.json()["error"]["type"] == "overloaded"
+    assert accepted.status_code == 200
+
+
+async def test_timeout_returns_504_and_skips_items(image_model_settings: Settings) -> None:
+    settings = image_model_settings.model_copy(update={"request_timeout_s": 0.05, "max_wait_ms": 500})
+    async with running_app(settings) as (app, client):
+        response = await client.post("/v1/embeddings", json={"input": [{"image": png_base64(1)}, {"image": png_base64(2)}]})
+        await wait_until(lambda: sample(app, "embed_skipped_items_total", IMAGE_MODEL) == 2)
+        batches = sample(app, "embed_batch_size_count", IMAGE_MODEL)
+
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "timeout"
+    assert batches == 0
+
+
+async def test_failed_batch_keeps_worker(image_model_settings: Settings) -> None:
+    async with running_app(image_model_settings) as (app, client):
+        batcher = app.state.service.batchers[IMAGE_MODEL]
+        with pytest.raises(InferenceFailed, match="inference failed on model tiny-image"):
+            await batcher.submit([torch.zeros(3, 8, 8)])  # three channels into a one-channel encoder
+        embeddings = await batcher.submit([torch.zeros(1, 8, 8)])
+        response = await client.get("/readyz")
+        alive = batcher.alive
+    assert embeddings.shape == (1, 16)
+    assert alive
+    assert response.status_code == 200
+
+
+async def test_dead_worker_makes_not_ready(image_model_settings: Settings) -> None:
+    async with running_app(image_model_settings) as (app, client):
+        worker = app.state.service.batchers[IMAGE_MODEL]._worker
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        response = await client.get("/readyz")
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["type"] == "not_ready"
+    assert IMAGE_MODEL in error["message"]
+
+
+async def test_client_disconnect_skips_items(image_model_settings: Settings) -> None:
+    settings = image_model_settings.model_copy(update={"max_wait_ms": 800})
+    with live_server(settings) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=0.2) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post("/v1/embeddings", json={"input": [{"image": png_base64(1)}]})
+        async with httpx.AsyncClient(base_url=base_url, timeout=5.0) as client:
+            deadline = time.monotonic() + 5.0
+            while 'embed_skipped_items_total{model="tiny-image"} 1.0' not in (await client.get("/metrics")).text:
+                assert time.monotonic() < deadline, "the disconnected request's item was not skipped"
+                await asyncio.sleep(0.05)
+            metrics = (await client.get("/metrics")).text
+    assert 'embed_batch_size_count{model="tiny-image"} 0.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_wait_ms": -1.0}, "max_wait_ms"),
+        ({"max_queue_items": 0}, "max_queue_items"),
+    ],
+)
+def test_batcher_rejects_bad_arguments(image_model_settings: Settings, overrides: dict, fragment: str) -> None:
+    model = load_model(image_model_settings.models_dir / IMAGE_MODEL, torch.device("cpu"), torch.float32, set())
+    arguments = {"max_batch_size": 4, "max_wait_ms": 1.0, "max_queue_items": 8, **overrides}
+    with pytest.raises(ValueError, match=fragment):
+        DynamicBatcher(model, metrics=ServiceMetrics(), **arguments)
