@@ -148,8 +148,8 @@ class BankStore(ABC):
         """Return every bank sorted by name, unavailable ones included."""
 
     @abstractmethod
-    def delete(self, name: str) -> None:
-        """Delete bank ``name`` with its stored files (an unavailable bank too)."""
+    def delete(self, name: str) -> BankInfo:
+        """Delete bank ``name`` with its stored files (an unavailable bank too); return its last info."""
 
     @abstractmethod
     def add(self, name: str, vectors: np.ndarray, ids: list[str] | None = None) -> AddResult:

@@ -201,16 +201,19 @@ class FaissBankStore(BankStore):
             banks = sorted(self._banks.values(), key=lambda bank: bank.name)
         return [bank.info() for bank in banks]
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str) -> BankInfo:
         validate_bank_name(name)
         bank = self._lookup(name)
         if isinstance(bank, _Bank):
             # Wait for a running add and for running scores, then retire the bank.
             with bank.add_mutex, bank.lock.write():
+                info = bank.info()
                 self._remove(bank)
         else:
+            info = bank.info()
             self._remove(bank)
         logger.info("deleted bank %s", name)
+        return info
 
     # --- samples ------------------------------------------------------------------------
 
