@@ -131,6 +131,9 @@ class BankStore(ABC):
     def load(self) -> None:
         """Load every stored bank; a bank that cannot be read is kept as unavailable."""
 
+    def close(self) -> None:
+        """Release the store's locks and connections. The store is unusable afterwards."""
+
     @abstractmethod
     def create(self, name: str, config: BankConfig) -> tuple[BankInfo, bool]:
         """Create bank ``name``, or return it unchanged when it exists with ``config``.

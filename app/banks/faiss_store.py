@@ -8,11 +8,16 @@ only for the swap. Adds to one bank are serialised by a per-bank mutex.
 
 Sample ids are strings. Inside FAISS the i-th sample added has the int64 id i, so
 position in ``ids`` and FAISS id agree (samples are never removed one by one).
+
+One process owns a data folder: ``load`` takes an exclusive lock on
+``<data_dir>/banks.lock``, so a second service (a replica sharing the volume) fails at
+start-up instead of overwriting the first one's files.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import uuid
@@ -150,11 +155,13 @@ class FaissBankStore(BankStore):
         self.faiss_threads = faiss_threads
         self._banks: dict[str, _Bank | _UnavailableBank] = {}
         self._registry_lock = threading.Lock()
+        self._folder_lock: int | None = None  # descriptor holding the data folder's lock
 
     # --- registry -----------------------------------------------------------------------
 
     def load(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_folder()
         self._limit_threads()
         banks: dict[str, _Bank | _UnavailableBank] = {}
         for folder in sorted(self.root.iterdir()):
@@ -175,6 +182,11 @@ class FaissBankStore(BankStore):
             self._banks = banks
         unavailable = sum(isinstance(bank, _UnavailableBank) for bank in banks.values())
         logger.info("loaded %d banks from %s (%d unavailable)", len(banks), self.root, unavailable)
+
+    def close(self) -> None:
+        if self._folder_lock is not None:
+            os.close(self._folder_lock)  # closing the descriptor releases the lock
+            self._folder_lock = None
 
     def create(self, name: str, config: BankConfig) -> tuple[BankInfo, bool]:
         validate_bank_name(name)
@@ -256,6 +268,26 @@ class FaissBankStore(BankStore):
 
     def _limit_threads(self) -> None:
         faiss.omp_set_num_threads(self.faiss_threads)
+
+    def _lock_folder(self) -> None:
+        """Take the data folder's exclusive lock, or raise RuntimeError when another store holds it."""
+        if self._folder_lock is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # Windows has no flock; one process per folder is then up to the operator
+            logger.warning("cannot lock %s on this platform; run one service per data folder", self.root)
+            return
+        path = self.root.parent / "banks.lock"
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            os.close(descriptor)
+            raise RuntimeError(
+                f"{path} is locked by another process: each service needs its own data folder (--data-dir)"
+            ) from error
+        self._folder_lock = descriptor
 
     def _lookup(self, name: str) -> _Bank | _UnavailableBank:
         with self._registry_lock:
@@ -396,7 +428,12 @@ class FaissBankStore(BankStore):
     def _update_old_neighbors(
         self, current: _Snapshot, vectors: np.ndarray, new_faiss_ids: np.ndarray, config: BankConfig
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Merge each old sample's leave-one-out neighbours with its nearest new samples."""
+        """Merge each old sample's leave-one-out neighbours with its nearest new samples.
+
+        NOTE: this compares every old sample with every new one, O(N * M * D) per add, also
+        for HNSW banks, where a reverse search from the new samples would be cheaper but
+        approximate.
+        """
         old_count = len(current.ids)
         if old_count == 0:
             return current.neighbor_distances, current.neighbor_ids

@@ -87,7 +87,12 @@ def neighbors_file_name(version: int) -> str:
 
 
 def save_bank(folder: Path, files: BankFiles) -> None:
-    """Write the data files of ``files.meta.version``, then commit them by replacing ``meta.json``."""
+    """Write the data files of ``files.meta.version``, then commit them by replacing ``meta.json``.
+
+    NOTE: every save rewrites the whole index, neighbour lists and id list, so an add costs
+    time proportional to the bank's size. Large banks with frequent small adds would need
+    an append-only log of added vectors, compacted now and then.
+    """
     meta = files.meta
     _write_atomic(folder / meta.index_file, lambda path: faiss.write_index(files.index, str(path)))
     _write_atomic(folder / meta.neighbors_file, lambda path: _write_neighbors(path, files))

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,27 @@ from app.errors import Conflict, InvalidInput, NotFound
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+_OPEN_STORES: list[FaissBankStore] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_stores() -> Iterator[None]:
+    yield
+    while _OPEN_STORES:
+        _OPEN_STORES.pop().close()
+
+
 def open_store(data_dir: Path, **options: int) -> FaissBankStore:
     store = FaissBankStore(data_dir, **options)
     store.load()
+    _OPEN_STORES.append(store)
     return store
+
+
+def reopen(store: FaissBankStore, **options: int) -> FaissBankStore:
+    """Close ``store`` and load its data folder into a new store, as a service restart does."""
+    store.close()
+    return open_store(store.root.parent, **options)
 
 
 def line_points(*xs: float) -> np.ndarray:
@@ -329,7 +347,7 @@ def test_persistence_round_trip(tmp_path: Path) -> None:
         store.add(metric, rng.normal(size=(5, 6)), ids=[f"late-{i}" for i in range(5)])
     queries = rng.normal(size=(10, 6))
 
-    reopened = open_store(tmp_path)
+    reopened = reopen(store)
     assert reopened.list_banks() == store.list_banks()
     for metric in ("cosine", "l2"):
         assert reopened.score(metric, queries, return_neighbors=True) == store.score(metric, queries, return_neighbors=True)
@@ -342,11 +360,11 @@ def test_persistence_after_more_adds(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     store.create("bank", BankConfig(model="m", dim=3, k=2, metric="l2"))
     store.add("bank", vectors[:10])
-    reopened = open_store(tmp_path)
+    reopened = reopen(store)
     reopened.add("bank", vectors[10:])
     expected = np.percentile(reference_loo_scores(vectors, 2, "l2"), 95)
     assert reopened.info("bank").threshold == pytest.approx(expected, rel=1e-9)
-    assert open_store(tmp_path).info("bank").size == 20
+    assert reopen(reopened).info("bank").size == 20
 
 
 def test_files_versioned_and_cleaned(tmp_path: Path) -> None:
@@ -371,7 +389,7 @@ def test_crash_leftovers_ignored(tmp_path: Path) -> None:
     (folder / "meta.json.tmp").write_bytes(b"{")
     (store.root / "~create~other~0123").mkdir()
 
-    reopened = open_store(tmp_path)
+    reopened = reopen(store)
     assert reopened.info("bank").size == 3
     assert not (folder / "index-00000002.faiss").exists()
     assert not (folder / "meta.json.tmp").exists()
@@ -402,7 +420,7 @@ def test_corrupt_bank_unavailable(tmp_path: Path, damage: str) -> None:
         meta_path.write_text(json.dumps(meta))
         bad_file = meta["index_file"]
 
-    reopened = open_store(tmp_path)
+    reopened = reopen(store)
     bad, good = reopened.list_banks()
     assert bad.status == "unavailable"
     assert bad_file in (bad.error or "")
@@ -424,9 +442,22 @@ def test_create_bank_store_from_settings(tmp_path: Path) -> None:
         bank_hnsw_min_size = 3
 
     store = create_bank_store(Settings())
+    _OPEN_STORES.append(store)  # type: ignore[arg-type]
     store.create("bank", BankConfig(model="m", dim=2, metric="l2"))
     assert store.add("bank", line_points(0, 1, 2)).size == 3
     assert store.info("bank").index == "hnsw"
+
+
+def test_second_store_same_folder_fails(tmp_path: Path) -> None:
+    open_store(tmp_path)
+    with pytest.raises(RuntimeError, match="banks.lock is locked by another process"):
+        FaissBankStore(tmp_path).load()
+
+
+def test_close_releases_folder(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.create("bank", BankConfig(model="m", dim=2))
+    assert reopen(store).info("bank").size == 0
 
 
 def test_store_rejects_bad_options(tmp_path: Path) -> None:
@@ -451,7 +482,7 @@ def test_hnsw_above_min_size(tmp_path: Path) -> None:
     assert all(result.neighbors_used == 5 for result in results)
     assert all(result.score is not None and 0.0 <= result.score <= 2.0 for result in results)
     assert all(len(result.neighbors) == 5 for result in results)
-    reopened = open_store(tmp_path, hnsw_min_size=40)
+    reopened = reopen(store, hnsw_min_size=40)
     assert reopened.info("bank").index == "hnsw"
     assert reopened.info("bank").size == 70
 
@@ -512,7 +543,7 @@ def test_threads_add_and_score(tmp_path: Path) -> None:
     every = np.concatenate([np.random.default_rng(9).normal(size=(5, dim)), *added])
     expected = np.percentile(reference_loo_scores(every, 3, "l2"), 95)
     assert store.info("bank").threshold == pytest.approx(expected, rel=1e-9)
-    assert open_store(tmp_path).info("bank").size == len(every)
+    assert reopen(store).info("bank").size == len(every)
 
 
 CRASH_WRITER = textwrap.dedent(
