@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,20 +21,30 @@ FLAG_HELP = {
     "data": "'digits', a folder of images, an .npz with 'images' (and 'labels'), a .txt or a .jsonl(.gz)",
     "out": "artifact folder to write, such as models/NAME (clip writes NAME-image and NAME-text)",
     "epochs": "passes over the training data",
-    "batch_size": "samples per step",
     "lr": "peak learning rate after warm-up (default: the method's)",
     "encoder": "encoder architecture: resnet, vit, mlp (images) or text_transformer",
     "embedding_dim": "width of the exported embedding (default: the encoder's feature width)",
     "seed": "seed for initialisation, data order and augmentations",
     "device": "auto, cpu, cuda or cuda:N",
     "resume": "checkpoint file, run folder, or 'auto' for the newest checkpoint of this run",
+    "batch_size": "samples per optimiser step, summed over all ranks under torchrun",
+    "precision": "auto (bf16 on CUDA when supported, else fp16; fp32 on CPU), fp32, bf16 or fp16",
+    "checkpoint_every": "save a checkpoint every this many steps (also on SIGTERM/SIGINT and at the end)",
+    "keep_checkpoints": "number of newest checkpoints to keep (0 keeps all)",
+    "log_every": "log a progress line every this many steps",
+    "grad_clip": "clip the global gradient norm to this value (0 turns clipping off)",
+    "sync_batch_norm": "synchronise BatchNorm statistics across ranks under torchrun (CUDA only)",
 }
 
 
 def configure_logging(level: str = "INFO") -> None:
+    """Log to stderr; under torchrun, ranks other than 0 log warnings and errors only."""
+    rank = int(os.environ.get("RANK", "0"))
+    numeric_level = getattr(logging, level.upper(), logging.INFO)
+    prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=numeric_level if rank == 0 else max(numeric_level, logging.WARNING),
+        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
         stream=sys.stderr,
     )
 
@@ -91,16 +102,20 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"ssl-train: error: {error}", file=sys.stderr)
         return 2
     configure_logging(args.log_level)
-    from training.trainer import NonFiniteLossError, train
+    from training.trainer import NonFiniteLossError, TrainingInterrupted, train
 
     try:
         paths = train(config, argv)
+    except TrainingInterrupted as interruption:
+        return interruption.exit_code
     except NonFiniteLossError as error:
         logger.error("%s", error)
         return 1
     except (ValueError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 2
+    if not paths:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     result = {"artifacts": [str(path) for path in paths], "metrics": json.loads((paths[0] / "model.json").read_text())["metrics"]}
     print(json.dumps(result))
     return 0
@@ -118,8 +133,14 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--draws", type=int, default=5, help="random draws for the few-label probe")
     parser.add_argument("--anomaly-k", type=int, default=5, help="neighbours for one-class anomaly scores")
     parser.add_argument("--limit", type=int, help="use at most this many samples of each split")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text-model", help="text artifact for zero-shot accuracy (default: one beside the model in its space)")
+    parser.add_argument("--prompt", help="zero-shot prompt template over {label} and {letter}")
+    parser.add_argument("--fine-tune", choices=("linear", "full"), help="also train a classifier: linear head on the frozen encoder, or the whole encoder")
+    parser.add_argument("--fine-tune-epochs", type=int, default=20, help="epochs over the labelled reference samples")
+    parser.add_argument("--fine-tune-lr", type=float, help="peak learning rate (default: 1e-2 linear, 1e-3 full)")
+    parser.add_argument("--batch-size", type=int, default=128, help="samples per fine-tuning step")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the reference/evaluation split and fine-tuning")
     parser.add_argument("--log-level", default="WARNING")
     return parser
 
@@ -132,12 +153,21 @@ def eval_main(argv: list[str] | None = None) -> int:
     from training.eval_run import evaluate_artifact
 
     try:
+        _check_eval_args(args)
         metrics = evaluate_artifact(args)
     except (ArtifactError, ValueError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 2
-    print(json.dumps(metrics))
+    print(json.dumps(metrics, allow_nan=False))
     return 0
+
+
+def _check_eval_args(args: argparse.Namespace) -> None:
+    for name in ("k", "shots", "draws", "anomaly_k", "fine_tune_epochs"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.limit is not None and args.limit < 2:
+        raise ValueError(f"--limit must be at least 2, got {args.limit}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 METHOD_NAMES = ("simclr", "byol", "mae", "rotation", "jigsaw", "inpainting", "mlm", "simcse", "clip")
+OPTIMIZER_NAMES = ("adamw", "sgd", "lars")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -26,13 +28,13 @@ class TrainConfig:
     data: str
     out: str
     epochs: int = 10
-    batch_size: int = 256
+    batch_size: int = 256  # global: samples per optimiser step, summed over all ranks
     lr: float | None = None  # None: the method's default
     optimizer: str | None = None  # adamw, sgd or lars; None: the method's default
     weight_decay: float | None = None
     warmup_epochs: float = 1.0
     grad_clip: float = 3.0
-    precision: str = "auto"  # auto, fp32, bf16 or fp16 (the last two on CUDA only)
+    precision: str = "auto"  # auto (bf16 on CUDA when supported, else fp16; fp32 on CPU), fp32, bf16, fp16
     seed: int = 0
     device: str = "auto"
     resume: str | None = None
@@ -40,6 +42,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 20  # steps
     num_workers: int = 0
+    sync_batch_norm: bool = False  # synchronise BatchNorm statistics across ranks (CUDA only)
     holdout_fraction: float = 0.2  # labelled share kept out of training for kNN
     limit: int | None = None  # use at most this many samples
     name: str | None = None  # artifact name; default: the output folder's name
@@ -106,6 +109,26 @@ class TrainConfig:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZER_NAMES:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZER_NAMES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be non-negative, got {self.warmup_epochs}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be non-negative (0 turns clipping off), got {self.grad_clip}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be at least 1 step, got {self.checkpoint_every}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints must be non-negative (0 keeps all), got {self.keep_checkpoints}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be at least 1 step, got {self.log_every}")
+        if self.limit is not None and self.limit < 2:
+            raise ValueError(f"limit must be at least 2 samples, got {self.limit}")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import torch
 from torch import nn
 
+from training.config import OPTIMIZER_NAMES
 
-def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Split trainable parameters into a decayed group and an undecayed one.
 
     Biases and normalisation weights (every parameter with fewer than 2 dimensions)
-    get no weight decay and are excluded from LARS adaptation.
+    get no weight decay and are excluded from LARS adaptation, as in You et al. (2017)
+    and the SimCLR and BYOL recipes. Frozen parameters (momentum targets) are left out.
     """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
     decay, no_decay = [], []
     for parameter in module.parameters():
         if not parameter.requires_grad:
@@ -24,6 +32,12 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(module: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Build optimiser ``name`` (adamw, sgd or lars) over the trainable parameters of ``module``.
+
+    The trainer overwrites each group's learning rate every step from the schedule.
+    """
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
     groups = parameter_groups(module, weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
@@ -31,43 +45,78 @@ def build_optimizer(module: nn.Module, name: str, lr: float, weight_decay: float
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     if name == "lars":
         return LARS(groups, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}; expected adamw, sgd or lars")
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}")
 
 
 class LARS(torch.optim.Optimizer):
-    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017, Algorithm 1).
 
-    Each parameter of a group with ``lars=True`` has its update scaled by
-    ``trust_coefficient * ||w|| / ||g + weight_decay * w||``.
+    For every parameter tensor w (a "layer") with gradient g, in a group with
+    ``lars=True``::
+
+        local_lr = trust_coefficient * ||w|| / (||g|| + weight_decay * ||w||)
+        v <- momentum * v + lr * local_lr * (g + weight_decay * w)
+        w <- w - v
+
+    The local rate falls back to 1 when ``||w||`` or ``||g||`` is 0 (a freshly zeroed
+    layer would otherwise never move). Groups with ``lars=False`` (biases and norms) take
+    the same step with ``local_lr = 1``. The global ``lr`` sits inside the momentum
+    buffer, as in the paper, so a learning-rate schedule scales new updates only.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust_coefficient: float = 0.001) -> None:
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+    ) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
-        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "trust_coefficient": trust_coefficient, "lars": True}
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
+        if trust_coefficient <= 0:
+            raise ValueError(f"trust_coefficient must be positive, got {trust_coefficient}")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "trust_coefficient": trust_coefficient,
+            "lars": True,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = closure() if closure is not None else None
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             for parameter in group["params"]:
-                if parameter.grad is None:
-                    continue
-                update = parameter.grad.add(parameter, alpha=group["weight_decay"])
-                if group["lars"]:
-                    weight_norm = torch.linalg.vector_norm(parameter)
-                    update_norm = torch.linalg.vector_norm(update)
-                    trust = torch.where(
-                        (weight_norm > 0) & (update_norm > 0),
-                        group["trust_coefficient"] * weight_norm / update_norm,
-                        torch.ones_like(weight_norm),
-                    )
-                    update = update.mul(trust)
-                state = self.state[parameter]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.clone(update).detach()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(update)
-                parameter.add_(state["momentum_buffer"], alpha=-group["lr"])
+                if parameter.grad is not None:
+                    self._update(parameter, group)
         return loss
+
+    def _update(self, parameter: torch.Tensor, group: dict[str, Any]) -> None:
+        grad = parameter.grad
+        update = grad.add(parameter, alpha=group["weight_decay"])
+        scale = torch.full((), group["lr"], dtype=parameter.dtype, device=parameter.device)
+        if group["lars"]:
+            weight_norm = torch.linalg.vector_norm(parameter)
+            grad_norm = torch.linalg.vector_norm(grad)
+            local_lr = torch.where(
+                (weight_norm > 0) & (grad_norm > 0),
+                group["trust_coefficient"] * weight_norm / (grad_norm + group["weight_decay"] * weight_norm),
+                torch.ones_like(weight_norm),
+            )
+            scale = scale * local_lr
+        state = self.state[parameter]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(parameter)
+        buffer = state["momentum_buffer"]
+        buffer.mul_(group["momentum"]).add_(update * scale)
+        parameter.sub_(buffer)

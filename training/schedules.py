@@ -12,6 +12,10 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base: float, f
     """
     if total_steps <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps}")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps must be in [0, {total_steps}], got {warmup_steps}")
+    if step < 0:
+        raise ValueError(f"step must be non-negative, got {step}")
     if step < warmup_steps:
         return base * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))

@@ -1,14 +1,26 @@
-"""One training loop for every method: schedule, step, log, checkpoint, evaluate, export."""
+"""One training loop for every method: schedule, step, log, checkpoint, evaluate, export.
+
+The same loop runs in one process or in each of N ``torchrun`` processes. With N ranks,
+``--batch-size`` is the global batch: every step, each rank takes its own consecutive
+slice of the step's global batch, DistributedDataParallel averages gradients, and rank 0
+alone logs, evaluates, checkpoints and exports.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import shlex
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,19 +31,61 @@ import torch
 from torch import nn
 
 from training.artifact import export_artifact
-from training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from training.checkpoint import capture_rng_states, load_checkpoint, resolve_resume, restore_rng_states, save_checkpoint
 from training.config import TrainConfig
 from training.data import ImageDataset, TextDataset, is_text_source, load_image_dataset, load_text_dataset, split_holdout
-from training.evaluate import knn_accuracy
+from training.distributed import (
+    DistributedContext,
+    all_gather_objects,
+    all_reduce_max,
+    init_distributed,
+    rank_slice,
+    shutdown_distributed,
+)
+from training.evaluate import embedding_spread, knn_accuracy
 from training.methods import Method, method_class
 from training.optim import build_optimizer
+from training.plots import plot_history
 from training.schedules import warmup_cosine
 
 logger = logging.getLogger(__name__)
 
+# The collapse monitor warns when the std of L2-normalised embeddings is below this share
+# of 1/sqrt(d), the value for isotropic embeddings (Chen & He, 2021, SimSiam), and has
+# fallen since the previous epoch. The std is taken on the raw embeddings, not centred
+# ones: centring removes the shared direction, so a fully collapsed output (one vector
+# plus tiny noise) would read as perfectly spread. Healthy ReLU backbone features sit
+# below 1/sqrt(d) because they share the positive orthant, and narrow networks start
+# nearly parallel: on digits, a ResNet-10 of width 4 measured 0.085 of 1/sqrt(d) after its
+# first SimCLR epoch and rose from there, width 8 measured 0.3 at initialisation and 0.8
+# after 3 epochs, while a constant vector plus 1e-3 noise measured 0.001. Hence a low
+# value warns only once it is falling.
+COLLAPSE_WARNING_RATIO = 0.1
+COLLAPSE_MONITOR_SAMPLES = 2048
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "metrics.png"
+CONFIG_FILE = "config.json"
+
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite; the run stops and exports nothing."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the run after a step; a checkpoint holds its state."""
+
+    def __init__(self, signal_number: int, step: int, checkpoint: Path | None) -> None:
+        self.signal_number = signal_number
+        self.step = step
+        self.checkpoint = checkpoint
+        name = signal.Signals(signal_number).name
+        where = f"; checkpoint {checkpoint}" if checkpoint is not None else ""
+        super().__init__(f"stopped by {name} after step {step}{where}; continue with --resume auto")
+
+    @property
+    def exit_code(self) -> int:
+        """Return the shell's status for death by this signal (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signal_number
 
 
 @dataclass
@@ -41,15 +95,30 @@ class RunState:
     step: int = 0
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_losses: list[float] = field(default_factory=list)  # losses of the current epoch so far
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but CUDA is not available")
-    return device
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype for ``precision`` on ``device``, or None for full precision.
+
+    ``auto`` is bf16 on CUDA devices that support it, fp16 (with a gradient scaler) on
+    older CUDA devices, and fp32 on the CPU. bf16 and fp16 requested on the CPU fall back
+    to fp32 with a warning, because CPU autocast is slower than fp32 for these models.
+    """
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {precision!r}; expected auto, fp32, bf16 or fp16")
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            logger.warning("precision %s is only used on CUDA; training in fp32 on %s", precision, device)
+        return None
+    if precision == "fp32":
+        return None
+    bf16_supported = torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return torch.bfloat16 if bf16_supported else torch.float16
+    if precision == "bf16" and not bf16_supported:
+        raise ValueError(f"precision bf16 is not supported on {torch.cuda.get_device_name(device)}; use fp16 or fp32")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def seed_everything(seed: int) -> None:
@@ -73,6 +142,22 @@ def load_dataset(config: TrainConfig) -> ImageDataset | TextDataset:
     return load_image_dataset(config.data, config.image_size, config.channels)
 
 
+class _TrainingStep(nn.Module):
+    """Route a forward call to ``method.training_step``, so DistributedDataParallel can wrap it.
+
+    DistributedDataParallel synchronises gradients only for work done inside its own
+    forward call; the wrapper is never saved, so checkpoints and artifacts keep the
+    method's own parameter names.
+    """
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.method.training_step(batch, generator)
+
+
 class Trainer:
     """Train ``method`` on ``train_data``; measure kNN on ``holdout`` when it has labels."""
 
@@ -84,59 +169,95 @@ class Trainer:
         holdout: Any | None,
         device: torch.device,
         run_dir: Path,
+        context: DistributedContext | None = None,
     ) -> None:
-        self.config = config
+        self.context = context or DistributedContext(rank=0, world_size=1, local_rank=0, device=device)
         self.method = method.to(device)
         self.train_data = train_data
         self.holdout = holdout
         self.device = device
         self.run_dir = run_dir
-        self.batch_size = min(config.batch_size, len(train_data))
-        self.steps_per_epoch = _steps_per_epoch(len(train_data), self.batch_size)
+        world_size = self.context.world_size
+        self.batch_size = _global_batch_size(config.batch_size, len(train_data), world_size)
+        self.steps_per_epoch = _steps_per_epoch(len(train_data), self.batch_size, world_size)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(train_data)} training samples are too few for one step on {world_size} rank(s)")
         self.total_steps = config.epochs * self.steps_per_epoch
         self.warmup_steps = min(int(config.warmup_epochs * self.steps_per_epoch), self.total_steps // 2)
-        self.base_lr = config.lr if config.lr is not None else method.default_lr
-        self.optimizer = build_optimizer(
-            method,
-            config.optimizer or method.default_optimizer,
-            self.base_lr,
-            config.weight_decay if config.weight_decay is not None else method.default_weight_decay,
-        )
-        self.autocast_dtype = _autocast_dtype(config.precision, device)
+        self.config = _resolved_config(config, method)
+        self.base_lr = self.config.lr
+        self.optimizer = build_optimizer(method, self.config.optimizer, self.base_lr, self.config.weight_decay)
+        self.autocast_dtype = resolve_precision(config.precision, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(config.seed)
+        self.generator.manual_seed(_rank_seed(config.seed, self.context.rank))
+        self.model = self._wrap_for_training(method)
         self.state = RunState()
-        self.metrics_file = run_dir / "metrics.jsonl"
+        self.metrics_file = run_dir / METRICS_FILE
+        self._stop_signal: int | None = None
+        self._stop_agreed = False
+
+    def _wrap_for_training(self, method: Method) -> nn.Module:
+        """Return the module whose forward runs a training step, DDP-wrapped across ranks."""
+        if not self.context.enabled:
+            return _TrainingStep(method)
+        if self.config.sync_batch_norm:
+            if self.device.type == "cuda":
+                nn.SyncBatchNorm.convert_sync_batchnorm(method)
+            else:
+                logger.warning("--sync-batch-norm needs CUDA; BatchNorm statistics stay per rank on %s", self.device)
+        return nn.parallel.DistributedDataParallel(
+            _TrainingStep(method),
+            device_ids=[self.device] if self.device.type == "cuda" else None,
+            # a method whose training step leaves parameters unused declares it
+            find_unused_parameters=getattr(method, "ddp_find_unused_parameters", False),
+        )
 
     def fit(self) -> RunState:
-        """Run the remaining steps of training and return the final run state."""
+        """Run the remaining steps of training, then save a final checkpoint.
+
+        SIGTERM or SIGINT ends the current step, saves a checkpoint and raises
+        TrainingInterrupted; a second signal aborts at once.
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.config.resume:
             self._resume(self.config.resume)
+        if self.context.is_main:
+            _write_json_atomically(self.run_dir / CONFIG_FILE, self.config.to_dict())
         logger.info(
-            "training %s on %d samples: %d epochs x %d steps, batch %d, lr %.2e, device %s",
-            self.config.method, len(self.train_data), self.config.epochs, self.steps_per_epoch,
-            self.batch_size, self.base_lr, self.device,
+            "training %s on %d samples: %d epochs x %d steps, global batch %d on %d rank(s), lr %.2e, "
+            "optimizer %s, precision %s, device %s",
+            self.config.method, len(self.train_data), self.config.epochs, self.steps_per_epoch, self.batch_size,
+            self.context.world_size, self.base_lr, self.config.optimizer, _precision_name(self.autocast_dtype), self.device,
         )
         progress = _Progress(self.total_steps, self.state.step, self.config.log_every)
+        with self._stop_on_signals():
+            self._run_epochs(progress)
+            if not self._checkpointed_step():
+                self.save_checkpoint()
+        return self.state
+
+    def _run_epochs(self, progress: _Progress) -> None:
         while self.state.step < self.total_steps:
             epoch = self.state.step // self.steps_per_epoch
             order = self._epoch_order(epoch)
-            first = self.state.step % self.steps_per_epoch
-            for batch_index in range(first, self.steps_per_epoch):
-                indices = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+            for batch_index in range(self.state.step % self.steps_per_epoch, self.steps_per_epoch):
+                indices = batch_indices(order, batch_index, self.batch_size, self.context.rank, self.context.world_size)
                 losses = self._train_step(indices)
                 self.state.step += 1
-                progress.update(self.state.step, losses, self.optimizer.param_groups[0]["lr"], len(indices))
+                self.state.epoch_losses.append(losses["loss"])
+                if self.context.is_main:
+                    progress.update(self.state.step, losses, self.optimizer.param_groups[0]["lr"], self.batch_size)
+                # ranks agree on stopping through the step's all-reduce; alone, stop at once
+                if self._stop_agreed or (not self.context.enabled and self._stop_signal is not None):
+                    self._stop_after_signal()
                 if self.state.step % self.config.checkpoint_every == 0:
                     self.save_checkpoint()
             self.state.epoch = epoch + 1
-            self._end_epoch(epoch, progress.mean_loss())
-        return self.state
+            self._end_epoch(epoch)
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
-        """Return the sample order of ``epoch``, a pure function of seed and epoch."""
+        """Return the sample order of ``epoch``, a pure function of seed and epoch (same on every rank)."""
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.train_data), generator=generator)
 
@@ -146,80 +267,110 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
 
-        # forward and backward
+        # forward; every rank learns whether any rank saw a non-finite loss or a signal
         self.method.train()
         batch = self.method.make_batch(self.train_data, indices, self.device)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-            terms = self.method.training_step(batch, self.generator)
+        with self._autocast():
+            terms = self.model(batch, self.generator)
         values = {name: float(value.detach()) for name, value in terms.items()}
-        if not all(math.isfinite(value) for value in values.values()):
-            raise NonFiniteLossError(f"non-finite loss at step {self.state.step}: {values}")
+        local_flags = torch.tensor(
+            [float(not all(math.isfinite(value) for value in values.values())), float(self._stop_signal is not None)],
+            device=self.device,
+        )
+        non_finite, stop = all_reduce_max(local_flags).tolist()
+        if non_finite:
+            raise NonFiniteLossError(_non_finite_message(self.state.step, values, bool(local_flags[0])))
+
+        # backward, clip and step; momentum targets follow the updated weights
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
-
-        # clip and step; momentum targets follow the updated weights
         if self.config.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.method.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.on_step_end(self.state.step, self.total_steps)
+        self._stop_agreed = bool(stop)
         return values
 
-    def _end_epoch(self, epoch: int, mean_loss: float | None) -> None:
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": self.state.step, "loss": mean_loss}
-        if self.holdout is not None:
-            record.update(self.evaluate())
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _end_epoch(self, epoch: int) -> None:
+        losses, self.state.epoch_losses = self.state.epoch_losses, []
+        if not self.context.is_main:
+            return
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": self.state.step, "loss": float(np.mean(losses)) if losses else None}
+        record.update(self.evaluate())
         self.state.history.append(record)
         with open(self.metrics_file, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        std = record.get("embedding_std")
-        if std is not None and std < 0.1 * record["collapse_reference"]:
-            logger.warning(
-                "embeddings may be collapsing: std of normalised embeddings %.4f, 1/sqrt(d) = %.4f",
-                std, record["collapse_reference"],
-            )
+        plot_history(self.state.history, self.run_dir / PLOT_FILE)
+        warning = collapse_warning(self.state.history)
+        if warning:
+            logger.warning("%s", warning)
         logger.info("epoch %d/%d: %s", epoch + 1, self.config.epochs, _format_record(record))
 
     def embed(self, dataset: Any, batch_size: int = 512) -> np.ndarray:
         """Return embeddings (N, D) of ``dataset`` without augmentation."""
         self.method.eval()
         chunks = []
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             for start in range(0, len(dataset), batch_size):
                 indices = torch.arange(start, min(start + batch_size, len(dataset)))
                 chunks.append(self.method.embed(self.method.make_batch(dataset, indices, self.device)).float().cpu())
         return torch.cat(chunks).numpy()
 
     def evaluate(self) -> dict[str, float]:
-        """Return held-out kNN accuracy and the collapse monitor's embedding spread."""
-        labelled = self.train_data.labels >= 0
-        reference = self.train_data.subset(torch.nonzero(labelled).squeeze(1)) if not labelled.all() else self.train_data
-        train_embeddings = self.embed(reference)
-        holdout_embeddings = self.embed(self.holdout)
-        normalised = train_embeddings / np.maximum(np.linalg.norm(train_embeddings, axis=1, keepdims=True), 1e-12)
-        return {
-            "knn_top1": knn_accuracy(train_embeddings, reference.labels.numpy(), holdout_embeddings, self.holdout.labels.numpy()),
-            "embedding_std": float(normalised.std(axis=0).mean()),
-            "collapse_reference": 1.0 / math.sqrt(normalised.shape[1]),
-        }
+        """Return the collapse monitor's figures and, with a labelled hold-out, kNN top-1 accuracy."""
+        count = min(len(self.train_data), COLLAPSE_MONITOR_SAMPLES)
+        sample = torch.randperm(len(self.train_data), generator=torch.Generator().manual_seed(self.config.seed))[:count]
+        metrics: dict[str, float] = dict(embedding_spread(self.embed(self.train_data.subset(sample))))
 
-    def save_checkpoint(self) -> Path:
+        holdout_labels = getattr(self.holdout, "labels", None)
+        if holdout_labels is None or not bool((holdout_labels >= 0).any()):
+            return metrics
+        labelled = torch.nonzero(self.train_data.labels >= 0).squeeze(1)
+        if len(labelled) == 0:
+            return metrics
+        reference = self.train_data.subset(labelled)
+        metrics["knn_top1"] = knn_accuracy(
+            self.embed(reference), reference.labels.numpy(), self.embed(self.holdout), holdout_labels.numpy()
+        )
+        return metrics
+
+    def save_checkpoint(self) -> Path | None:
+        """Save the run's state; every rank must call this, rank 0 writes the file and returns its path."""
+        generators = all_gather_objects(self.generator.get_state())
+        if not self.context.is_main:
+            return None
         state = {
             "step": self.state.step,
             "epoch": self.state.epoch,
             "history": self.state.history,
+            "epoch_losses": self.state.epoch_losses,
             "method": self.method.state_dict(),
             "method_extra": self.method.extra_state_for_checkpoint(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": {
+                "name": "warmup_cosine",
+                "step": self.state.step,
+                "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps,
+                "base_lr": self.base_lr,
+            },
             "scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "generator": self.generator.get_state(),
+            "rng": capture_rng_states(),
+            "generators": generators,  # the augmentation generator of every rank, in rank order
+            "world_size": self.context.world_size,
             "config": self.config.to_dict(),
         }
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return save_checkpoint(self.run_dir, self.state.step, state, self.config.keep_checkpoints)
+
+    def _checkpointed_step(self) -> bool:
+        return self.state.step > 0 and self.state.step % self.config.checkpoint_every == 0
 
     def _resume(self, resume: str) -> None:
         path = resolve_resume(resume, self.run_dir)
@@ -227,38 +378,165 @@ class Trainer:
             logger.info("no checkpoint in %s; starting from step 0", self.run_dir)
             return
         state = load_checkpoint(path)
+        _check_resumable(state["config"], self.config, path)
         self.method.load_state_dict(state["method"])
         self.method.load_extra_state(state["method_extra"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        self.generator.set_state(state["generator"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.state = RunState(step=state["step"], epoch=state["epoch"], history=list(state["history"]))
+        restore_rng_states(state["rng"])
+        if state["world_size"] == self.context.world_size:
+            self.generator.set_state(state["generators"][self.context.rank])
+        else:
+            logger.warning(
+                "checkpoint was written by %d rank(s), this run has %d: augmentation generators are reseeded",
+                state["world_size"], self.context.world_size,
+            )
+            self.generator.manual_seed(_rank_seed(self.config.seed, self.context.rank) + state["step"])
+        if state["scheduler"]["total_steps"] != self.total_steps:
+            logger.warning(
+                "the schedule changes on resume: %d total steps before, %d now",
+                state["scheduler"]["total_steps"], self.total_steps,
+            )
+        self.state = RunState(
+            step=state["step"], epoch=state["epoch"], history=list(state["history"]), epoch_losses=list(state["epoch_losses"])
+        )
+        if self.context.is_main:
+            # epochs finished after the checkpoint are trained again, so drop their lines
+            _write_metrics_lines(self.metrics_file, self.state.history)
         logger.info("resumed from %s at step %d", path, self.state.step)
 
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """Turn SIGTERM and SIGINT into a request to stop after the current step."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
 
-def _steps_per_epoch(samples: int, batch_size: int) -> int:
-    """Full batches per epoch, plus the last partial one when it has at least 2 samples.
+        def request_stop(signal_number: int, frame: object) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt(f"second signal {signal.Signals(signal_number).name}: aborting without a checkpoint")
+            self.request_stop(signal_number)
 
-    A last batch of one sample is dropped: contrastive losses need two samples and
-    batch normalisation cannot normalise a single one.
+        previous = {number: signal.signal(number, request_stop) for number in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def request_stop(self, signal_number: int = signal.SIGTERM) -> None:
+        """Ask the run to stop after the current step, as SIGTERM or SIGINT does."""
+        self._stop_signal = signal_number
+
+    def _stop_after_signal(self) -> None:
+        checkpoint = self.save_checkpoint()
+        error = TrainingInterrupted(self._stop_signal or signal.SIGTERM, self.state.step, checkpoint)
+        if self.context.is_main:
+            logger.warning("%s", error)
+        raise error
+
+
+def collapse_warning(history: list[dict[str, Any]]) -> str | None:
+    """Return a warning when the last epoch's embedding std is low and falling, else None."""
+    if len(history) < 2:
+        return None
+    previous, last = history[-2]["embedding_std"], history[-1]["embedding_std"]
+    reference = history[-1]["collapse_reference"]
+    if last >= COLLAPSE_WARNING_RATIO * reference or last >= previous:
+        return None
+    return (
+        f"embeddings may be collapsing: std of L2-normalised embeddings fell from {previous:.4f} to {last:.4f}, "
+        f"under {COLLAPSE_WARNING_RATIO} x 1/sqrt(d) = {COLLAPSE_WARNING_RATIO * reference:.4f}"
+    )
+
+
+def batch_indices(order: torch.Tensor, batch_index: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+    """Return rank ``rank``'s sample indices for step ``batch_index`` of an epoch.
+
+    The step's global batch is ``order[batch_index * batch_size:][:batch_size]``, cut to a
+    multiple of ``world_size``; each rank takes a consecutive slice of it, so the ranks'
+    slices are disjoint over the epoch.
+    """
+    start = batch_index * batch_size
+    size = min(batch_size, len(order) - start)
+    size -= size % world_size
+    return rank_slice(order[start : start + size], rank, world_size)
+
+
+def _global_batch_size(requested: int, samples: int, world_size: int) -> int:
+    """Return the global batch: ``requested``, or all samples when fewer, as a multiple of the ranks."""
+    if requested % world_size:
+        raise ValueError(f"batch_size {requested} must be divisible by the number of ranks, {world_size}")
+    if requested < 2 * world_size:
+        raise ValueError(f"batch_size {requested} leaves under 2 samples per rank on {world_size} ranks")
+    batch_size = min(requested, samples)
+    batch_size -= batch_size % world_size
+    if batch_size < 2 * world_size:
+        raise ValueError(f"{samples} training samples are too few for 2 per rank on {world_size} rank(s)")
+    return batch_size
+
+
+def _steps_per_epoch(samples: int, batch_size: int, world_size: int = 1) -> int:
+    """Full batches per epoch, plus the last partial one when each rank gets at least 2 samples.
+
+    A smaller last batch is dropped: contrastive losses need two samples and batch
+    normalisation cannot normalise a single one.
     """
     full, remainder = divmod(samples, batch_size)
-    return full + (1 if remainder >= 2 else 0)
+    return full + (1 if remainder // world_size >= 2 else 0)
 
 
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision in ("auto", "fp32") or device.type != "cuda":
-        if precision in ("bf16", "fp16") and device.type != "cuda":
-            logger.warning("precision %s is only used on CUDA; training in fp32 on %s", precision, device)
-        return None if precision != "auto" or device.type != "cuda" else torch.bfloat16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+def _rank_seed(seed: int, rank: int) -> int:
+    """Return the augmentation seed of ``rank``: ``seed`` on rank 0, so one process matches a plain run."""
+    return seed + 7919 * rank
+
+
+def _resolved_config(config: TrainConfig, method: Method) -> TrainConfig:
+    """Return ``config`` with the method's defaults filled in, so the saved config replays the run."""
+    resolved = {
+        "lr": config.lr if config.lr is not None else method.default_lr,
+        "optimizer": config.optimizer or method.default_optimizer,
+        "weight_decay": config.weight_decay if config.weight_decay is not None else method.default_weight_decay,
+    }
+    temperature = getattr(method, "temperature", None)
+    if config.temperature is None and isinstance(temperature, float):
+        resolved["temperature"] = temperature
+    return dataclasses.replace(config, **resolved)
+
+
+def _check_resumable(saved: dict[str, Any], current: TrainConfig, path: Path) -> None:
+    if saved["method"] != current.method:
+        raise ValueError(f"checkpoint {path} is from method {saved['method']!r}, not {current.method!r}")
+    changed = [name for name in ("batch_size", "epochs", "lr", "optimizer", "seed") if saved.get(name) != getattr(current, name)]
+    if changed:
+        details = ", ".join(f"{name} {saved.get(name)!r} -> {getattr(current, name)!r}" for name in changed)
+        logger.warning("resuming %s with changed settings: %s", path, details)
+
+
+def _non_finite_message(step: int, values: dict[str, float], local: bool) -> str:
+    terms = ", ".join(f"{name}={value:.6g}" for name, value in values.items())
+    where = "" if local else " on another rank (this rank's terms are finite)"
+    return f"non-finite loss at step {step}{where}: {terms}"
+
+
+def _precision_name(dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def _format_record(record: dict[str, Any]) -> str:
     return ", ".join(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}" for key, value in record.items())
+
+
+def _write_json_atomically(path: Path, value: Any) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    os.replace(temp, path)
+
+
+def _write_metrics_lines(path: Path, records: list[dict[str, Any]]) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    os.replace(temp, path)
 
 
 class _Progress:
@@ -286,9 +564,8 @@ class _Progress:
             step, self.total_steps, terms, self.mean_loss(), lr, self.samples / max(elapsed, 1e-9), _format_seconds(eta),
         )
 
-    def mean_loss(self) -> float | None:
-        recent = self.losses[-200:]
-        return float(np.mean(recent)) if recent else None
+    def mean_loss(self) -> float:
+        return float(np.mean(self.losses[-200:]))
 
 
 def _format_seconds(seconds: float) -> str:
@@ -298,9 +575,20 @@ def _format_seconds(seconds: float) -> str:
 
 
 def train(config: TrainConfig, argv: list[str] | None = None) -> list[Path]:
-    """Run a whole ``ssl-train``: load data, train, evaluate, export. Return the artifact paths."""
+    """Run a whole ``ssl-train``: load data, train, evaluate, export. Return the artifact paths.
+
+    Under ``torchrun`` every rank trains and only rank 0 exports; the other ranks return
+    an empty list.
+    """
+    context = init_distributed(config.device)
+    try:
+        return _train(config, context, argv)
+    finally:
+        shutdown_distributed()
+
+
+def _train(config: TrainConfig, context: DistributedContext, argv: list[str] | None) -> list[Path]:
     seed_everything(config.seed)
-    device = resolve_device(config.device)
     name = config.name or Path(config.out).name
     run_dir = Path(config.extra.get("run_dir") or Path("runs") / name)
 
@@ -312,14 +600,15 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> list[Path]:
     holdout = dataset.subset(holdout_indices) if len(holdout_indices) else None
 
     method = method_class(config.method).from_data(config, train_data)
-    trainer = Trainer(config, method, train_data, holdout, device, run_dir)
+    trainer = Trainer(config, method, train_data, holdout, context.device, run_dir, context)
     started = time.monotonic()
     trainer.fit()
-    trainer.save_checkpoint()
+    if not context.is_main:
+        return []
     metrics = dict(trainer.state.history[-1]) if trainer.state.history else {}
     metrics.pop("epoch", None)
     metrics["train_seconds"] = round(time.monotonic() - started, 1)
-    return export_method(config, method, dataset, trainer, metrics, argv)
+    return export_method(trainer.config, method, dataset, trainer, metrics, argv)
 
 
 def export_method(
@@ -335,8 +624,10 @@ def export_method(
         "epochs": config.epochs,
         "steps": trainer.state.step,
         "batch_size": trainer.batch_size,
+        "world_size": trainer.context.world_size,
         "seed": config.seed,
         "device": str(trainer.device),
+        "precision": _precision_name(trainer.autocast_dtype),
         "torch_version": torch.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": config.to_dict(),

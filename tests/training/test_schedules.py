@@ -33,3 +33,23 @@ def test_warmup_cosine_is_continuous_at_warmup_end():
     before = warmup_cosine(9, 100, 10, 2.0)
     after = warmup_cosine(10, 100, 10, 2.0)
     assert math.isclose(before, after)
+
+
+def test_warmup_cosine_without_warmup_starts_at_base():
+    assert warmup_cosine(0, 100, 0, 2.0) == pytest.approx(2.0)
+
+
+def test_warmup_cosine_is_pure_function_of_step():
+    forward = [warmup_cosine(step, 50, 5, 1.0) for step in range(50)]
+    backward = [warmup_cosine(step, 50, 5, 1.0) for step in reversed(range(50))]
+    assert forward == backward[::-1]
+
+
+def test_warmup_cosine_rejects_negative_step():
+    with pytest.raises(ValueError, match="step must be non-negative"):
+        warmup_cosine(-1, 100, 10, 1.0)
+
+
+def test_warmup_cosine_rejects_warmup_longer_than_run():
+    with pytest.raises(ValueError, match="warmup_steps"):
+        warmup_cosine(0, 10, 11, 1.0)
