@@ -1,9 +1,9 @@
 """Dynamic batching: requests for one model share forward passes.
 
 Requests enqueue their preprocessed items in a bounded queue. One worker task per model
-takes up to ``max_batch_size`` items, waiting at most ``max_wait_ms`` after the first
-one for more to arrive, runs a single forward pass in a thread (never on the event
-loop) and hands each request its rows once all of them are computed.
+takes up to ``max_batch_size`` items and waits at most ``max_wait_ms`` after the first
+one for more to arrive. It runs a single forward pass in a thread, never on the event
+loop, and hands each request its rows once all of them are computed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from app.errors import InferenceFailed, Overloaded, ServiceError
+from app.errors import InferenceFailed, NotReady, Overloaded, ServiceError
 from app.metrics import ServiceMetrics
 from app.registry import LoadedModel
 
@@ -48,9 +48,9 @@ class DynamicBatcher:
 
     Args:
         model: the loaded model whose ``encode`` runs each batch.
-        max_batch_size: most items in one forward pass.
-        max_wait_ms: longest wait after the first queued item for a batch to fill.
-        max_queue_items: most queued items; past it ``submit`` raises Overloaded.
+        max_batch_size: maximum items in one forward pass.
+        max_wait_ms: maximum wait after the first queued item for a batch to fill.
+        max_queue_items: maximum queued items; past it ``submit`` raises Overloaded.
         metrics: where queue depth, batch sizes and inference times go.
         torch_threads: intra-op threads of the inference thread; 0 keeps torch's setting.
     """
@@ -107,7 +107,7 @@ class DynamicBatcher:
         while self._queue:
             request = self._queue.popleft().request
             if not request.future.done():
-                request.future.set_exception(ServiceError(f"model {self.model.id} is shutting down"))
+                request.future.set_exception(NotReady(f"model {self.model.id} is shutting down; retry on another replica"))
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
 

@@ -20,7 +20,8 @@ class CachedEmbedding:
 
 def content_key(model_id: str, kind: str, content: str | bytes) -> tuple[str, str]:
     """Return the cache key of ``content`` (a text or an encoded image) for ``model_id``."""
-    data = content.encode("utf-8") if isinstance(content, str) else content
+    # surrogatepass: JSON may carry lone surrogates, which strict UTF-8 cannot encode
+    data = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
     digest = hashlib.sha256(kind.encode("ascii") + b"\0" + data).hexdigest()
     return model_id, digest
 

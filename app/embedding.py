@@ -70,11 +70,14 @@ async def embed_items(
 
     Returns an EmbedResult with embeddings (N, D) float32 in the order of ``items``.
 
-    Raises (all app.errors.ServiceError): NotFound for an unknown model, InvalidInput for
-    an item the model cannot embed (wrong modality, wrong vector width, corrupt image,
-    text over the token budget with truncation off), PayloadTooLarge for too many items
-    or too large a text or image, UnsupportedMediaType for an unsupported image format,
-    Overloaded when the batching queue is full, Timeout past ``request_timeout_s``.
+    Raises app.errors.ServiceError subclasses:
+        NotFound: unknown model.
+        InvalidInput: an item the model cannot embed (wrong modality, wrong vector
+            width, corrupt image, text over the token budget with truncation off).
+        PayloadTooLarge: too many items, or too large a text or image.
+        UnsupportedMediaType: an unsupported image format.
+        Overloaded: the batching queue is full.
+        Timeout: the request took longer than ``request_timeout_s``.
     """
     check_item_count(len(items), state.settings.max_items_per_request, field)
     modality = items_modality(items, field, allow_vectors)

@@ -85,7 +85,7 @@ def format_location(location: Sequence[str | int]) -> str:
             text += f"[{part}]"
         else:
             text += f".{part}" if text else str(part)
-    return text or "request"
+    return "request body" if text == "body" else text or "request"
 
 
 def _message(error: dict[str, Any]) -> str:

@@ -69,7 +69,7 @@ class Timeout(ServiceError):
 
 
 class ClientClosedRequest(ServiceError):
-    """The client disconnected before the answer was ready; nothing reads this response."""
+    """The client disconnected before the response was ready, so nothing reads it."""
 
     status = 499
     error_type = "client_closed_request"

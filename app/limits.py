@@ -26,7 +26,7 @@ def check_text_length(text: str, limit: int, where: str) -> None:
 
 
 class BodyLimitMiddleware:
-    """ASGI middleware that answers 413 as soon as a request body passes ``max_bytes``.
+    """ASGI middleware that responds 413 as soon as a request body passes ``max_bytes``.
 
     A declared Content-Length above the limit is refused before any byte is read. A body
     without one (chunked transfer encoding) is counted while it streams in and refused
@@ -56,7 +56,7 @@ class BodyLimitMiddleware:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return  # the client went away before sending its body; nobody reads an answer
+                return  # the client disconnected before sending its body, so no response is sent
             received += len(message.get("body", b""))
             if received > self.max_bytes:
                 await self._reject(send, f"request body exceeds {self.max_bytes} bytes, the most this service accepts")

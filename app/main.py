@@ -1,25 +1,24 @@
 """The FastAPI app: ``create_app`` builds it, its lifespan loads models and starts batchers.
 
-Nothing happens at import. ``create_app`` wires routes, middleware and error handlers;
-the lifespan loads and warms every artifact, starts one dynamic batcher per model, opens
-the anomaly bank store and only then marks the service ready.
+Nothing happens at import. ``create_app`` wires routes, middleware and error handlers.
+The lifespan loads and warms every artifact, starts one dynamic batcher per model and
+opens the anomaly bank store, and only then marks the service ready.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
 
 import torch
 from fastapi import Depends, FastAPI
 
 from app.auth import require_api_key
+from app.banks import create_bank_store
 from app.batching import DynamicBatcher
 from app.cache import EmbeddingCache
 from app.error_handlers import install_error_handlers
@@ -62,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load models, start batchers and the bank store; stop them in reverse on shutdown."""
+    """Load models, start batchers and open the bank store; stop and close them on shutdown."""
     settings: Settings = app.state.settings
     state = ServiceState(settings=settings, metrics=app.state.metrics, cache=EmbeddingCache(settings.cache_size))
     app.state.service = state
@@ -88,7 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
             batcher.start()
             state.batchers[model.id] = batcher
-        state.banks = await asyncio.to_thread(open_bank_store, settings)
+        state.banks = await asyncio.to_thread(create_bank_store, settings)
         state.ready = True
         logger.info("ready: %d models %s", len(state.registry.models), sorted(state.registry.models))
         yield
@@ -100,27 +99,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 async def _shut_down(state: ServiceState) -> None:
     for batcher in state.batchers.values():
         await batcher.stop()
-    if state.banks is not None and hasattr(state.banks, "close"):
+    if state.banks is not None:
         await asyncio.to_thread(state.banks.close)
     if state.preprocess_executor is not None:
         state.preprocess_executor.shutdown(wait=True, cancel_futures=True)
     logger.info("stopped")
-
-
-def open_bank_store(settings: Settings) -> Any:
-    """Create the anomaly bank store under ``settings.data_dir`` and load its banks."""
-    # TODO: import create_bank_store directly once app.banks provides it.
-    try:
-        banks_module = importlib.import_module("app.banks")
-    except ModuleNotFoundError as error:
-        if error.name != "app.banks":
-            raise
-        banks_module = None
-    factory = getattr(banks_module, "create_bank_store", None)
-    if factory is None:
-        logger.warning("app.banks provides no create_bank_store; the service runs without anomaly banks")
-        return None
-    return factory(settings)
 
 
 def available_cpus() -> int:

@@ -42,6 +42,8 @@ def resolve_device(settings: Settings) -> tuple[torch.device, torch.dtype]:
         device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {settings.device} was requested but CUDA is not available; use device auto or cpu")
+    # NOTE: the float16 and bfloat16 paths have only been run on CPU-only machines, where
+    # they are rejected here; serving in half precision on a GPU is untested.
     dtype = DTYPES[settings.dtype]
     if dtype != torch.float32 and device.type != "cuda":
         raise ValueError(f"dtype {settings.dtype} needs CUDA but the device is {device}; use dtype float32")
@@ -82,7 +84,7 @@ class LoadedModel:
 
     @property
     def created(self) -> int:
-        """Creation time of the artifact as Unix seconds, 0 when the artifact does not say."""
+        """Creation time of the artifact as Unix seconds, 0 when its metadata has none."""
         stamp = self.meta.training.get("created")
         try:
             return int(datetime.fromisoformat(str(stamp)).timestamp())
@@ -141,8 +143,8 @@ class ModelRegistry:
         """Return the model for items of ``modality`` (None: vectors only, any model fits).
 
         A named model must embed ``modality``. Without a name, the only loaded model of
-        that modality is used, else the default model when it fits; anything else is an
-        InvalidInput that lists the candidates.
+        that modality is used, else the default model when it fits. Anything else raises
+        InvalidInput listing the candidates.
         """
         if model_id is not None:
             model = self.get(model_id)

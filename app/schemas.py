@@ -50,7 +50,7 @@ ParsedItem = Union[TextItem, ImageItem, EmbeddingItem]
 def parse_item(raw: Any) -> ParsedItem:
     """Turn one JSON item into a TextItem, ImageItem or EmbeddingItem.
 
-    Raises ValueError with a message that says what was wrong and which shapes are valid.
+    Raises ValueError with a message that names the problem and lists the valid shapes.
     """
     if isinstance(raw, (TextItem, ImageItem, EmbeddingItem)):
         return raw
@@ -87,8 +87,12 @@ def _vector(values: Any) -> tuple[float, ...]:
     for position, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f'"embedding"[{position}] must be a number, got {type(value).__name__}')
-        if not math.isfinite(value):
-            raise ValueError(f'"embedding"[{position}] must be finite, got {value}')
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer literal too large for a float
+            finite = False
+        if not finite:
+            raise ValueError(f'"embedding"[{position}] must be a finite number')
     return tuple(float(value) for value in values)
 
 

@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     )
 
     # dynamic batching
-    max_batch_size: int = Field(32, ge=1, le=4096, description="most items in one forward pass")
-    max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0, description="longest wait for a batch to fill, in ms")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="maximum items in one forward pass")
+    max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0, description="maximum wait for a batch to fill, in ms")
     max_queue_items: int = Field(2048, ge=1, le=1_000_000, description="items waiting per model before 503")
     request_timeout_s: float = Field(30.0, gt=0.0, le=3600.0, description="per-request time budget, in seconds")
 
@@ -61,8 +61,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, le=1024**3, description="largest request body, in bytes"
     )
-    max_items_per_request: int = Field(256, ge=1, le=100_000, description="most items in one request")
-    max_text_chars: int = Field(20_000, ge=1, le=10_000_000, description="longest text item, in characters")
+    max_items_per_request: int = Field(256, ge=1, le=100_000, description="maximum items in one request")
+    max_text_chars: int = Field(20_000, ge=1, le=10_000_000, description="maximum length of a text item, in characters")
     max_image_pixels: int = Field(
         25_000_000, ge=1, le=500_000_000, description="largest decoded image (width x height), in pixels"
     )

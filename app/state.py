@@ -1,11 +1,11 @@
-"""What one running service holds: settings, models, batchers, cache, metrics and banks."""
+"""State of one running service: settings, models, batchers, cache, metrics and banks."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
+from app.banks import BankStore
 from app.batching import DynamicBatcher
 from app.cache import EmbeddingCache
 from app.errors import NotReady
@@ -28,7 +28,7 @@ class ServiceState:
     batchers: dict[str, DynamicBatcher] = field(default_factory=dict)
     cache: EmbeddingCache = field(default_factory=lambda: EmbeddingCache(0))
     preprocess_executor: ThreadPoolExecutor | None = None
-    banks: Any = None
+    banks: BankStore | None = None
     ready: bool = False
 
     def batcher(self, model_id: str) -> DynamicBatcher:

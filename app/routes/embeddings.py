@@ -23,7 +23,7 @@ GENERIC_UPLOAD_TYPES = {"application/octet-stream", ""}
 
 @router.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=[JsonBody])
 async def create_embeddings(body: EmbeddingsRequest, request: Request, state: StateDep) -> JSONResponse:
-    """Embed texts or images; the body and answer follow OpenAI's embeddings API."""
+    """Embed texts or images; request and response follow OpenAI's embeddings API."""
     check_item_count(len(body.input), state.settings.max_items_per_request)
     modality = items_modality(body.input, "input", allow_vectors=False)
     model = resolve_model(state, body.model, modality, body.input, "input")
@@ -53,7 +53,7 @@ async def upload_embeddings(
     encoding_format: Annotated[Literal["float", "base64"], Form()] = "float",
     normalize: Annotated[bool | None, Form()] = None,
 ) -> JSONResponse:
-    """Embed uploaded image files; the answer is the same as POST /v1/embeddings."""
+    """Embed uploaded image files; the response is the same as for POST /v1/embeddings."""
     check_item_count(len(files), state.settings.max_items_per_request, "files")
     items = []
     for index, upload in enumerate(files):
@@ -68,7 +68,7 @@ async def upload_embeddings(
 
 
 def embeddings_body(result: EmbedResult, encoding_format: str) -> dict[str, Any]:
-    """Build the OpenAI-shaped answer; base64 is the little-endian float32 bytes of each vector."""
+    """Build the OpenAI-shaped response body; base64 encodes the little-endian float32 bytes of each vector."""
     data = []
     for index, row in enumerate(result.embeddings):
         if encoding_format == "base64":

@@ -20,7 +20,7 @@ from app.state import ServiceState
 
 router = APIRouter(tags=["similarity"])
 
-# Bounds the score matrix of one answer (about 20 MB of JSON at this size).
+# Maximum size of the score matrix of one response (about 20 MB of JSON at this size).
 MAX_SCORES = 1_000_000
 
 
@@ -47,10 +47,10 @@ async def similarity(body: SimilarityRequest, request: Request, state: StateDep)
         return queries @ candidates.T  # (Q, D) @ (D, C) -> (Q, C)
 
     scores = await cancel_on_disconnect(request, run_with_timeout(state, score()))
-    answer: dict[str, Any] = {"models": sorted(model.id for model in models.values()), "scores": scores.tolist()}
+    content: dict[str, Any] = {"models": sorted(model.id for model in models.values()), "scores": scores.tolist()}
     if body.top_k is not None:
-        answer["matches"] = top_matches(scores, body.top_k)
-    return JSONResponse(answer)
+        content["matches"] = top_matches(scores, body.top_k)
+    return JSONResponse(content)
 
 
 def resolve_space(state: ServiceState, model_id: str | None, items: Sequence[ParsedItem]) -> dict[str, LoadedModel]:

@@ -29,7 +29,7 @@ def models_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def image_model_settings(tmp_path: Path, models_dir: Path) -> Settings:
-    """Return Settings whose models folder holds one tiny image model, ``tiny-image`` (1 channel, 8 px, dim 16)."""
+    """Return Settings whose models folder contains one tiny image model, ``tiny-image`` (1 channel, 8 px, dim 16)."""
     export_image_model(models_dir, IMAGE_MODEL)
     return make_settings(models_dir, tmp_path / "var")
 

@@ -103,10 +103,14 @@ def make_settings(models_dir: Path, data_dir: Path, **overrides: Any) -> Setting
 async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """Run the app's lifespan and yield it with an httpx client that talks to it over ASGI."""
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://service.test") as client:
-            yield app, client
+    torch_threads = torch.get_num_threads()  # the lifespan sets torch's process-wide thread count
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://service.test") as client:
+                yield app, client
+    finally:
+        torch.set_num_threads(torch_threads)
 
 
 def free_port() -> int:

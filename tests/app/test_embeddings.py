@@ -116,6 +116,16 @@ async def test_embeddings_truncation_off_rejects(tmp_path: Path, models_dir: Pat
     assert "tokens" in message
 
 
+async def test_embeddings_lone_surrogate_cached(mixed_settings: Settings) -> None:
+    settings = mixed_settings.model_copy(update={"cache_size": 4})
+    body = b'{"input": ["\\ud800 lone"]}'
+    async with running_app(settings) as (_, client):
+        first = await client.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
+        second = await client.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
+    assert first.status_code == 200
+    assert second.json()["data"] == first.json()["data"]
+
+
 async def test_embeddings_text_to_image_model(mixed_settings: Settings) -> None:
     async with running_app(mixed_settings) as (_, client):
         response = await client.post("/v1/embeddings", json={"model": IMAGE_MODEL, "input": ["a cat"]})
