@@ -94,3 +94,12 @@ async def test_wrong_method_405(service_client: httpx.AsyncClient) -> None:
     response = await service_client.get("/v1/embeddings")
     assert response.status_code == 405
     assert response.json()["error"]["type"] == "method_not_allowed"
+
+
+async def test_openapi_schema_builds(service_client: httpx.AsyncClient) -> None:
+    response = await service_client.get("/openapi.json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert "/v1/embeddings" in paths
+    assert "/v1/similarity" in paths
+    assert "/v1/embeddings/upload" in paths
