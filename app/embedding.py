@@ -191,7 +191,8 @@ async def embed_with_model(
             if index in keys:
                 state.cache.put(keys[index], CachedEmbedding(rows[row].copy(), counts[row], cut[row]))
 
-    if normalize if normalize is not None else model.meta.normalize:
+    unit_norm = model.meta.normalize if normalize is None else normalize
+    if unit_norm:
         embeddings = l2_normalize(embeddings)
     return EmbedResult(model, embeddings, prompt_tokens=sum(tokens), truncated_inputs=sum(truncated))
 
