@@ -120,8 +120,8 @@ def configure_threads(settings: Settings) -> int:
     The default is one thread per available CPU: the forward passes of a model run one
     at a time, so more threads than cores would only contend.
 
-    NOTE: models busy at the same moment each use up to this many threads, so several
-    busy models can oversubscribe the CPUs; set torch_threads lower for such loads.
+    NOTE: models busy at the same moment each use up to this many threads. Several busy
+    models can then oversubscribe the CPUs, so set torch_threads lower for such loads.
     """
     threads = settings.torch_threads or available_cpus()
     torch.set_num_threads(threads)
