@@ -1,7 +1,7 @@
 """Batched image augmentations that run on the training device.
 
 Each transform draws independent random parameters for every sample of a batch from a
-``torch.Generator`` and applies them with tensor operations, so one call augments a
+``torch.Generator``. It applies them with tensor operations, so one call augments a
 whole batch (B, C, H, W) of floats in [0, 1] without a per-image Python loop. The same
 generator seed gives the same output, and the output keeps the input's dtype and range.
 Grayscale (C = 1) and RGB (C = 3) images are supported; saturation, hue and grayscale
@@ -22,12 +22,15 @@ import torch.nn.functional as F
 class AugmentationConfig:
     """Parameters of a view pipeline; every probability is drawn per sample.
 
-    The pipeline is: random resized crop (``crop_scale`` is the area fraction,
-    ``crop_ratio`` the width/height range) with a horizontal flip, colour jitter
-    (factors drawn from [1 - s, 1 + s] for brightness, contrast and saturation, a hue
-    shift from [-hue, hue] turns, the four in a random order per sample), random
-    grayscale, Gaussian blur (sigma in ``blur_sigma`` pixels) and solarisation (pixels
-    at or above ``solarize_threshold`` become 1 - x).
+    The pipeline runs in this order:
+
+    - random resized crop, where ``crop_scale`` is the area fraction and ``crop_ratio``
+      the width/height range, with a horizontal flip;
+    - colour jitter: factors from [1 - s, 1 + s] for brightness, contrast and
+      saturation and a hue shift from [-hue, hue] turns, in a random order per sample;
+    - random grayscale;
+    - Gaussian blur with sigma drawn from ``blur_sigma``, in pixels;
+    - solarisation: pixels at or above ``solarize_threshold`` become 1 - x.
     """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -171,10 +174,10 @@ def random_resized_crop(
 ) -> torch.Tensor:
     """Crop a random area fraction ``scale`` with aspect ``ratio`` from each image, resize.
 
-    The crop box is sampled per image (area, log-uniform aspect, position inside the
-    image) and applied through one ``affine_grid``/``grid_sample`` call; a horizontal
-    flip is the sign of the x scale. A box wider or taller than the image is cut to the
-    image side and the other side grows so the box keeps its sampled area.
+    Each image gets its own box: an area, a log-uniform aspect and a position inside
+    the image. One ``affine_grid``/``grid_sample`` call applies all boxes, and a
+    horizontal flip is the sign of the x scale. A box wider or taller than the image is
+    cut to the image side, and the other side grows so the box keeps its sampled area.
     Returns (B, C, output_size, output_size).
     """
     batch = images.shape[0]
@@ -182,7 +185,7 @@ def random_resized_crop(
     log_ratio = _uniform(images, math.log(ratio[0]), math.log(ratio[1]), generator).float()
     aspect = torch.exp(log_ratio)
 
-    # Width and height as fractions of the image side; area = width * height.
+    # Width and height are fractions of the image side, and area = width * height.
     width = torch.sqrt(area * aspect)
     height = torch.sqrt(area / aspect)
     width, height = torch.where(width > 1, 1.0, width), torch.where(width > 1, area, height)
@@ -211,7 +214,7 @@ def color_jitter(images: torch.Tensor, config: AugmentationConfig, generator: to
     """Jitter brightness, contrast, saturation and hue with per-sample factors and order.
 
     Each sample draws its own four factors and its own order of the four adjustments,
-    as torchvision's ColorJitter does per image; the jittered image replaces the input
+    as torchvision's ColorJitter does per image. The jittered image replaces the input
     with probability ``config.color_jitter_prob``.
     """
     apply = _draw(images, generator) < config.color_jitter_prob
@@ -285,8 +288,8 @@ def gaussian_blur(
 ) -> torch.Tensor:
     """Blur each selected image with its own sigma, as two separable depthwise passes.
 
-    The kernel radius is 3 sigma of the largest sigma, cut to what the image side
-    allows; borders are reflected, or replicated for images under 2 pixels.
+    The kernel radius is 3 times the largest sigma, cut to what the image side allows.
+    Borders are reflected, or replicated for images under 2 pixels.
     """
     batch, channels, height, width = images.shape
     radius = max(1, math.ceil(3 * sigma[1]))

@@ -19,8 +19,8 @@ from training.encoders import register_encoder
 def sincos_position_embedding(grid_size: int, width: int) -> torch.Tensor:
     """Return fixed 2-D sine-cosine position embeddings (grid_size**2, width).
 
-    Half of the channels encode the row, half the column; each half is split into
-    sines and cosines of ``width / 4`` frequencies from 1 down to 1/10000.
+    Half of the channels encode the row and half the column. Each half has sines and
+    cosines of ``width / 4`` frequencies from 1 down to 1/10000.
     """
     if width % 4:
         raise ValueError(f"sine-cosine position embeddings need a width divisible by 4, got {width}")

@@ -8,10 +8,10 @@ import torch
 def masked_pixel_loss(reconstruction: torch.Tensor, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Return the mean squared error over the masked pixels only.
 
-    ``reconstruction`` and ``images`` are (N, C, H, W); ``mask`` (N, 1, H, W) is 1 on
+    ``reconstruction`` and ``images`` are (N, C, H, W). ``mask`` (N, 1, H, W) is 1 on
     pixels that were hidden from the encoder and 0 elsewhere. Every channel of a masked
-    pixel counts once; unmasked pixels do not enter the loss. This is the L2 term of the
-    context encoder; its adversarial term is not used.
+    pixel counts once, and unmasked pixels do not enter the loss. This is the L2 term of
+    the context encoder, without its adversarial term.
     """
     if reconstruction.shape != images.shape or images.ndim != 4:
         raise ValueError(

@@ -8,7 +8,7 @@ import torch
 def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Return each patch (..., P) minus its mean, divided by its std over the P values.
 
-    The variance is the population variance of the patch's pixels; the reference MAE
+    The variance is the population variance of the patch's pixels. The reference MAE
     code uses the unbiased estimate, which differs by a factor P / (P - 1).
     """
     mean = patches.mean(dim=-1, keepdim=True)
@@ -21,9 +21,9 @@ def mae_loss(prediction: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor
 
     ``prediction`` and ``patches`` are (N, L, P): L patches of P pixel values each.
     ``mask`` (N, L) is 1 where a patch was hidden from the encoder and 0 where it was
-    visible; visible patches do not enter the loss. With ``norm_pix`` the targets are
-    the per-patch normalised pixels (``normalize_patches``), which the MAE paper found
-    gives better representations.
+    visible. Visible patches do not enter the loss. With ``norm_pix`` the targets are
+    the per-patch normalised pixels (``normalize_patches``), which gave better
+    representations in the MAE paper.
     """
     if prediction.shape != patches.shape or prediction.ndim != 3:
         raise ValueError(

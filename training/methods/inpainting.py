@@ -23,9 +23,10 @@ PATCH_GRID = 8
 def inpainting_mask(kind: str, batch: int, image_size: int, generator: torch.Generator) -> torch.Tensor:
     """Return masks (N, 1, S, S), 1 on hidden pixels, for images of side ``image_size``.
 
-    ``center`` hides the central square of half the side; ``block`` hides a square of
-    half the side at a random position per sample; ``patches`` hides a random quarter
-    of the cells of a grid of up to ``PATCH_GRID`` x ``PATCH_GRID`` cells per sample.
+    - ``center`` hides the central square of half the side.
+    - ``block`` hides a square of half the side at a random position per sample.
+    - ``patches`` hides a random quarter of the cells of a grid of up to
+      ``PATCH_GRID`` x ``PATCH_GRID`` cells, drawn per sample.
     """
     device = generator.device
     if kind in ("center", "block"):

@@ -82,8 +82,8 @@ def permutation_set_distance(permutations: torch.Tensor) -> int:
 def extract_tiles(images: torch.Tensor, grid: int, tile_size: int, generator: torch.Generator | None) -> torch.Tensor:
     """Cut a ``grid`` x ``grid`` puzzle from images (N, C, S, S) into tiles (N, grid**2, C, t, t).
 
-    The grid of cells of side S // grid is centred in the image; each tile of side
-    ``tile_size`` sits at a random offset inside its cell, drawn per sample and tile.
+    The grid of cells of side S // grid is centred in the image. Each tile of side
+    ``tile_size`` lies at a random offset inside its cell, drawn per sample and tile.
     Tiles are ordered row-major by cell.
     """
     batch, channels, height, width = images.shape
@@ -108,7 +108,7 @@ def extract_tiles(images: torch.Tensor, grid: int, tile_size: int, generator: to
 
 
 def shuffle_tiles(tiles: torch.Tensor, permutations: torch.Tensor) -> torch.Tensor:
-    """Reorder tiles (N, K, ...) so that position i holds tile ``permutations[n, i]``."""
+    """Reorder tiles (N, K, ...) so that position i of sample n gets tile ``permutations[n, i]``."""
     index = permutations.view(*permutations.shape, *([1] * (tiles.ndim - 2))).expand_as(tiles)
     return torch.gather(tiles, 1, index)
 
@@ -159,7 +159,7 @@ class Jigsaw(ImageMethod):
 
     @property
     def minimum_hamming_distance(self) -> int:
-        """Return the smallest Hamming distance between two permutations of the set in use."""
+        """Smallest Hamming distance between two permutations of the set in use."""
         return permutation_set_distance(self.permutations)
 
     def training_step(self, batch: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -61,9 +61,9 @@ class MAEDecoder(nn.Module):
 class MAE(ImageMethod):
     """ViT encoder over the visible patches, light decoder over all, loss on the hidden ones.
 
-    Every sample gets its own random shuffle of patch positions (the argsort of uniform
-    noise from the step's generator); the first ``L - round(mask_ratio * L)`` positions
-    stay visible and the encoder sees only those. The exported encoder is the ViT over
+    Every sample gets its own random shuffle of patch positions, the argsort of uniform
+    noise from the step's generator. The first ``L - round(mask_ratio * L)`` positions
+    stay visible, and only those enter the encoder. The exported encoder is the ViT over
     all patches of the unmasked image, embedding it as the mean of its patch tokens.
 
     NOTE: with ``embedding_dim`` set, the ViT's linear head after pooling takes no part
@@ -72,8 +72,8 @@ class MAE(ImageMethod):
 
     name = "mae"
     default_encoder = "vit"
-    # The paper's base rate of 1.5e-4 per 256 samples is tuned for ViT-B and 800+
-    # epochs; the small ViTs trained here for tens of epochs need a larger one.
+    # The MAE paper's base rate of 1.5e-4 per 256 samples is tuned for ViT-B and 800+
+    # epochs. Small ViTs trained for tens of epochs learn faster with a larger one.
     default_lr = 1e-3
     default_optimizer = "adamw"
     default_weight_decay = 0.05
@@ -100,6 +100,8 @@ class MAE(ImageMethod):
         if self.norm_pix_loss and patch_dim < 2:
             logger.warning("patches of %d value cannot be normalised; training MAE on raw pixels", patch_dim)
             self.norm_pix_loss = False
+        # The ViT's head after pooling is never used by the reconstruction.
+        self.ddp_find_unused_parameters = config.embedding_dim is not None
         self.decoder = MAEDecoder(
             self.encoder.width, config.decoder_width, config.decoder_depth, self.encoder.grid_size, patch_dim
         )

@@ -16,9 +16,9 @@ ROTATIONS = 4  # 0, 90, 180 and 270 degrees, counter-clockwise
 def rotate_batch(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Return every image under all four rotations and the rotation labels.
 
-    Images (B, C, S, S) give rotated images (4B, C, S, S), ordered rotation-major:
-    rows k*B to (k+1)*B - 1 are the batch turned by k * 90 degrees, and ``labels``
-    (4B,) holds k for them.
+    Images (B, C, S, S) give rotated images (4B, C, S, S), ordered rotation-major.
+    Rows k*B to (k+1)*B - 1 are the batch turned by k * 90 degrees, and ``labels``
+    (4B,) is k for them.
     """
     if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
         raise ValueError(f"rotation prediction needs square images (B, C, S, S), got {tuple(images.shape)}")
