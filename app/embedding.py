@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from app.cache import CachedEmbedding, content_key
-from app.errors import InvalidInput, ServiceError, Timeout
+from app.errors import InvalidInput, PayloadTooLarge, ServiceError, Timeout
 from app.limits import check_item_count, check_text_length
 from app.preprocess import decode_image_item
 from app.registry import LoadedModel
@@ -28,7 +28,6 @@ from training.tokenizer import tokenize_batch
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-NORM_EPS = 1e-12
 
 
 @dataclass
@@ -73,8 +72,9 @@ async def embed_items(
     Raises app.errors.ServiceError subclasses:
         NotFound: unknown model.
         InvalidInput: an item the model cannot embed (wrong modality, wrong vector
-            width, corrupt image, text over the token budget with truncation off).
-        PayloadTooLarge: too many items, or too large a text or image.
+            width, corrupt image).
+        PayloadTooLarge: too many items, too large a text or image, or a text over the
+            model's token budget with truncation off.
         UnsupportedMediaType: an unsupported image format.
         Overloaded: the batching queue is full.
         Timeout: the request took longer than ``request_timeout_s``.
@@ -198,9 +198,15 @@ async def embed_with_model(
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    """Return rows of ``vectors`` (N, D) scaled to unit L2 norm; all-zero rows stay zero."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # (N, 1)
-    return (vectors / np.maximum(norms, NORM_EPS)).astype(np.float32, copy=False)
+    """Return rows of ``vectors`` (N, D) scaled to unit L2 norm as float32; all-zero rows stay zero.
+
+    Norms are computed in float64: in float32 the squares of values near the float32
+    maximum overflow to inf and the squares of subnormal values underflow to zero.
+    """
+    wide = vectors.astype(np.float64)
+    norms = np.linalg.norm(wide, axis=1, keepdims=True)  # (N, 1)
+    unit = np.divide(wide, norms, out=np.zeros_like(wide), where=norms > 0)
+    return unit.astype(np.float32)
 
 
 def _client_vector(item: EmbeddingItem, model: LoadedModel, where: str) -> np.ndarray:
@@ -228,7 +234,7 @@ async def _preprocess(
         texts = [item.text for item in items]
         inputs, counts, cut = await loop.run_in_executor(executor, _tokenize, model, texts)
         if not state.settings.truncate_text and any(cut):
-            raise InvalidInput(
+            raise PayloadTooLarge(
                 f"{where[cut.index(True)]}: text is longer than the {model.text_preprocessing.max_tokens} tokens "
                 f"model {model.id!r} accepts; shorten it (truncation is off on this service)"
             )

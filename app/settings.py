@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         25_000_000, ge=1, le=500_000_000, description="largest decoded image (width x height), in pixels"
     )
-    truncate_text: bool = Field(True, description="cut texts longer than the model's token budget instead of 400")
+    truncate_text: bool = Field(True, description="cut texts longer than the model's token budget instead of rejecting them with 413")
     api_key: SecretStr | None = Field(None, description="bearer token required on /v1 routes when set")
 
     # response cache

@@ -110,7 +110,7 @@ async def test_embeddings_truncation_off_rejects(tmp_path: Path, models_dir: Pat
     settings = make_settings(models_dir, tmp_path / "var", truncate_text=False)
     async with running_app(settings) as (_, client):
         response = await client.post("/v1/embeddings", json={"input": ["a cat", " ".join(["encoder"] * 80)]})
-    assert response.status_code == 400
+    assert response.status_code == 413
     message = response.json()["error"]["message"]
     assert message.startswith("input[1]: ")
     assert "tokens" in message
