@@ -44,6 +44,8 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         message = str(error.detail)
         if error.status_code == 404:
             message = f"no route {request.method} {request.url.path}; see /docs for the API"
+        elif error.status_code == 400:
+            message = describe_body_error(error.__cause__) or message
         return respond(error.status_code, error_type, message, dict(error.headers or {}))
 
     async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
@@ -72,6 +74,20 @@ def describe_validation_errors(errors: Sequence[dict[str, Any]]) -> ServiceError
     if len(errors) > MAX_REPORTED_ERRORS:
         parts.append(f"and {len(errors) - MAX_REPORTED_ERRORS} more problems")
     return SchemaViolation("; ".join(parts) or "request does not match the schema")
+
+
+def describe_body_error(cause: BaseException | None) -> str | None:
+    """Describe why FastAPI could not parse a request body, or return None for other causes.
+
+    FastAPI reports every parse failure other than invalid JSON syntax as "There was an
+    error parsing the body" and chains the original exception.
+    """
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start : cause.start + 1].hex()
+        return f"request body is not valid {cause.encoding.upper()}: byte 0x{byte} at position {cause.start}; send UTF-8 JSON"
+    if isinstance(cause, RecursionError):
+        return "request body nests arrays or objects too deeply to parse"
+    return None
 
 
 def format_location(location: Sequence[str | int]) -> str:
