@@ -43,6 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Embeddings, similarity and anomaly scores from self-supervised encoders.",
         version="1",
         lifespan=lifespan,
+        # A trailing slash gets 404 instead of a redirect, so that PUT /v1/banks/ (an empty
+        # bank name) never turns into a request on another route.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.metrics = metrics
