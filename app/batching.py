@@ -93,6 +93,7 @@ class DynamicBatcher:
             max_workers=1, thread_name_prefix=f"infer-{self.model.id}", initializer=initializer, initargs=initargs
         )
         self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.model.id}")
+        self._worker.add_done_callback(self._on_worker_done)
         self.metrics.queue_depth.labels(model=self.model.id).set_function(lambda: self.queue_depth)
         self.metrics.register_model(self.model.id)
 
@@ -120,6 +121,8 @@ class DynamicBatcher:
         """
         if not inputs:
             raise ValueError("submit needs at least one input")
+        if not self.alive:
+            raise NotReady(f"the batching worker of model {self.model.id} is not running; retry on another replica")
         if self.queue_depth + len(inputs) > self.max_queue_items:
             self._drop_abandoned()
         if self.queue_depth + len(inputs) > self.max_queue_items:
@@ -143,6 +146,16 @@ class DynamicBatcher:
         if skipped:
             self.metrics.skipped_items.labels(model=self.model.id).inc(skipped)
         self._queue = live
+
+    def _on_worker_done(self, worker: asyncio.Task[None]) -> None:
+        """Fail the requests still queued when the worker ends, so that none waits for its timeout."""
+        if worker.cancelled():
+            return  # stop() fails what is queued
+        logger.error("batching worker of model %s stopped", self.model.id, exc_info=worker.exception())
+        while self._queue:
+            request = self._queue.popleft().request
+            if not request.future.done():
+                request.future.set_exception(NotReady(f"the batching worker of model {self.model.id} stopped"))
 
     async def _run(self) -> None:
         logger.info("batcher of model %s started (batch %d, wait %.1f ms)", self.model.id, self.max_batch_size, self.max_wait_ms)
@@ -189,24 +202,68 @@ class DynamicBatcher:
             embeddings = await loop.run_in_executor(self._executor, self.model.encode, [entry.input for entry in batch])
         except Exception as error:  # any failure of the forward pass ends this batch only
             logger.exception("model %s: forward pass over %d items failed", self.model.id, len(batch))
-            failure = error if isinstance(error, ServiceError) else InferenceFailed(
-                f"inference failed on model {self.model.id}: {type(error).__name__}: {error}"
-            )
-            for entry in batch:
-                if not entry.request.future.done():
-                    entry.request.future.set_exception(failure)
+            _fail_entries(batch, self._describe_failure(error))
             return
+        except BaseException:  # the worker itself is ending (cancelled, or the interpreter exits)
+            _fail_entries(batch, NotReady(f"model {self.model.id} stopped while computing this request"))
+            raise
 
         elapsed = time.perf_counter() - started
         self.metrics.batch_size.labels(model=self.model.id).observe(len(batch))
         self.metrics.inference_seconds.labels(model=self.model.id).observe(elapsed)
         logger.debug("model %s: batch of %d in %.1f ms", self.model.id, len(batch), elapsed * 1000)
 
-        for row, entry in zip(embeddings, batch):  # embeddings (B, D), one row per entry
+        self._deliver(batch, embeddings)
+
+    def _deliver(self, batch: list[_Entry], embeddings: torch.Tensor) -> None:
+        """Hand each entry its row of ``embeddings`` (B, D), failing requests whose rows are unusable.
+
+        A wrong shape fails the whole batch. A non-finite row (which JSON cannot carry)
+        fails only the request it belongs to.
+        """
+        if tuple(embeddings.shape) != (len(batch), self.model.dim):
+            logger.error("model %s: batch of %d returned shape %s", self.model.id, len(batch), tuple(embeddings.shape))
+            shape = tuple(embeddings.shape)
+            _fail_entries(
+                batch,
+                InferenceFailed(f"model {self.model.id} returned embeddings of shape {shape}, expected ({len(batch)}, {self.model.dim})"),
+            )
+            return
+        finite = torch.isfinite(embeddings).all(dim=1).tolist()  # (B,)
+        for row, entry, row_finite in zip(embeddings, batch, finite):
             request = entry.request
             if request.future.done():
+                continue
+            if not row_finite:
+                logger.error("model %s: an embedding of a batch of %d is not finite", self.model.id, len(batch))
+                request.future.set_exception(
+                    InferenceFailed(f"model {self.model.id} returned a non-finite embedding for this request's items")
+                )
                 continue
             request.rows[entry.position] = row
             request.remaining -= 1
             if request.remaining == 0:
                 request.future.set_result(torch.stack(request.rows))  # (N, D)
+
+    def _describe_failure(self, error: Exception) -> ServiceError:
+        """Map a forward-pass error to what the batch's callers receive.
+
+        Running out of memory depends on the load, so it is 503 with Retry-After; any
+        other error is a 500 naming the model and the error.
+        """
+        if isinstance(error, ServiceError):
+            return error
+        if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # return the failed batch's blocks before the next one
+            return Overloaded(
+                f"model {self.model.id} ran out of memory on a batch of this size; retry later or send fewer items",
+                retry_after_s=1,
+            )
+        return InferenceFailed(f"inference failed on model {self.model.id}: {type(error).__name__}: {error}")
+
+
+def _fail_entries(batch: list[_Entry], failure: ServiceError) -> None:
+    for entry in batch:
+        if not entry.request.future.done():
+            entry.request.future.set_exception(failure)
