@@ -1,9 +1,9 @@
 """Byte-level BPE tokenizer: training on a corpus and batch tokenisation for the encoders.
 
 Byte-level BPE (the GPT-2 scheme, built with Hugging Face ``tokenizers``) is used instead
-of WordPiece because every input byte has a token of its own: emoji, CJK, control
+of WordPiece because every input byte has a token of its own. So emoji, CJK, control
 characters and scripts absent from the training corpus encode without ``[UNK]`` and
-without being dropped, so the service accepts any text a client sends.
+without being dropped, and the service accepts any text a client sends.
 
 The special tokens come first in the vocabulary, so their ids are fixed:
 ``[PAD]`` 0, ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4. Every encoded text is

@@ -1,6 +1,6 @@
 """Zero-shot classification with an image-text pair (Radford et al., 2021, CLIP).
 
-Each class is described by a prompt (``the letter A``, ``the letter B``, ...); an image is
+Each class is described by a prompt (``the letter A``, ``the letter B``, ...). An image is
 assigned the class whose prompt embedding has the highest cosine similarity with it.
 """
 

@@ -61,7 +61,7 @@ class TextTransformer(nn.Module):
 
     Args:
         vocab_size: rows of the token embedding (the tokenizer's vocabulary size).
-        max_tokens: longest input, in tokens; one learned position embedding each.
+        max_tokens: maximum input length in tokens, with one learned position embedding each.
         width: model width W; must be divisible by ``heads``.
         depth: number of Transformer blocks.
         heads: attention heads per block.

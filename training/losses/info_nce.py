@@ -11,7 +11,7 @@ def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float) -> t
     """Return the mean InfoNCE loss of classifying each query's own key among all keys.
 
     ``queries[i]`` and ``keys[i]`` (each (N, D)) are two views of sample i. Query i is
-    scored against every key by cosine similarity divided by ``temperature``; key i is
+    scored against every key by cosine similarity divided by ``temperature``. Key i is
     its positive and the other N - 1 keys are its negatives. Only the query side is
     classified, as in unsupervised SimCSE, whose positive pair is the same sentence
     encoded twice with different dropout masks.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +13,6 @@ from torch import nn
 from training.config import TrainConfig
 from training.methods.text import PretrainedText, TextMethod
 from training.tokenizer import MASK_ID, SPECIAL_TOKENS
-
-logger = logging.getLogger(__name__)
 
 # Token ids below this are special tokens ([PAD], [UNK], [CLS], [SEP], [MASK]).
 FIRST_ORDINARY_ID = len(SPECIAL_TOKENS)
@@ -71,8 +68,9 @@ def mask_tokens(
 class MaskedLanguageModelHead(nn.Module):
     """BERT's prediction head: dense, GELU and LayerNorm, then a decoder tied to the token embedding.
 
-    The decoder weight is the encoder's token embedding (N, W) @ E^T, passed in at each
-    call so that it is stored once; only the output bias is the head's own.
+    The decoder weight is the encoder's token embedding matrix E (V, W), passed in at each
+    call so that it is stored once: logits = transform(states) @ E^T + bias. Only the
+    bias is the head's own parameter.
     """
 
     def __init__(self, width: int, vocab_size: int) -> None:

@@ -16,8 +16,8 @@ class SimCSE(TextMethod):
     """Text transformer trained with InfoNCE between two dropout-noised passes of each text.
 
     The batch is encoded twice in one forward pass, so the two passes differ only in
-    their dropout masks (the only augmentation); the other texts of the batch are the
-    negatives. Dropout masks come from torch's global RNG, which the trainer seeds and
+    their dropout masks, which are the only augmentation. The other texts of the batch
+    are the negatives. Dropout masks come from torch's global RNG, which the trainer seeds and
     saves in checkpoints, because ``nn.Dropout`` cannot take the step's generator.
     With ``config.init_from`` the encoder starts from an MLM artifact or checkpoint.
     The exported embedding is the mean of the final token states, passed through the

@@ -65,7 +65,7 @@ class PretrainedText:
 def load_pretrained_text(path: str) -> PretrainedText:
     """Read the text encoder of an artifact folder or of a text method's training checkpoint.
 
-    Raises ValueError when ``path`` is neither, or holds no text encoder.
+    Raises ValueError when ``path`` is neither, or contains no text encoder.
     """
     source = Path(path)
     if (source / "model.json").is_file():
@@ -116,7 +116,7 @@ def load_pretrained_weights(encoder: nn.Module, pretrained: PretrainedText) -> N
     """Load ``pretrained.state`` into ``encoder``.
 
     Only a ``head`` that ``pretrained`` lacks (a projection added on top of its encoder)
-    may stay freshly initialised; any other missing or unexpected key raises ValueError.
+    may stay freshly initialised. Any other missing or unexpected key raises ValueError.
     """
     try:
         result = encoder.load_state_dict(pretrained.state, strict=False)
@@ -131,18 +131,26 @@ def load_pretrained_weights(encoder: nn.Module, pretrained: PretrainedText) -> N
     logger.info("initialised the text encoder from pretrained weights (%d tensors)", len(pretrained.state))
 
 
-def warm_start_architecture(pretrained: PretrainedText, embedding_dim: int | None) -> dict[str, Any]:
-    """Return the pretrained architecture, with a new projection head of ``embedding_dim`` when set."""
+def warm_start_architecture(
+    pretrained: PretrainedText, embedding_dim: int | None, dropout: float | None = None
+) -> dict[str, Any]:
+    """Return the pretrained architecture, with a new projection head of ``embedding_dim`` and ``dropout`` when set."""
     architecture = json.loads(json.dumps(pretrained.architecture))  # a deep copy of plain JSON values
     if architecture["name"] != TEXT_ENCODER:
         raise ValueError(f"can only start from a {TEXT_ENCODER} encoder, got {architecture['name']!r}")
     if embedding_dim is not None:
         architecture["kwargs"]["embedding_dim"] = embedding_dim
+    if dropout is not None:
+        architecture["kwargs"]["dropout"] = dropout
     return architecture
 
 
 class TextMethod(Method):
-    """A method that trains one text encoder, ``self.encoder``, on tokenised texts."""
+    """A method that trains one text encoder, ``self.encoder``, on tokenised texts.
+
+    The encoder's dropout is 0.1, as in BERT, unless a config file sets
+    ``extra: {text_dropout: P}``.
+    """
 
     modality = "text"
     default_dropout = 0.1
@@ -169,11 +177,15 @@ class TextMethod(Method):
             raise ValueError(f"text methods use the {TEXT_ENCODER} encoder, got --encoder {config.encoder!r}")
         if config.init_from:
             pretrained = load_pretrained_text(config.init_from)
-            architecture = warm_start_architecture(pretrained, cls.exported_embedding_dim(config))
+            dropout = config.extra.get("text_dropout")
+            architecture = warm_start_architecture(
+                pretrained, cls.exported_embedding_dim(config), float(dropout) if dropout is not None else None
+            )
             return cls(config, pretrained.tokenizer, architecture, pretrained.lowercase, pretrained)
         tokenizer = train_tokenizer(dataset.texts, config.vocab_size, config.lowercase)
         architecture = text_architecture(
-            config, tokenizer.get_vocab_size(), cls.exported_embedding_dim(config), dropout=cls.default_dropout
+            config, tokenizer.get_vocab_size(), cls.exported_embedding_dim(config),
+            dropout=float(config.extra.get("text_dropout", cls.default_dropout)),
         )
         return cls(config, tokenizer, architecture, config.lowercase)
 
