@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, field_validator
 
+# Vectors are computed in float32, so larger magnitudes would turn into infinities.
+FLOAT32_MAX = 3.4028234663852886e38
 ITEM_SHAPES = 'a string, {"text": str}, {"image": base64 str} or {"embedding": [float, ...]}'
 
 
@@ -93,6 +95,8 @@ def _vector(values: Any) -> tuple[float, ...]:
             finite = False
         if not finite:
             raise ValueError(f'"embedding"[{position}] must be a finite number')
+        if abs(value) > FLOAT32_MAX:
+            raise ValueError(f'"embedding"[{position}] is {value:g}, outside the float32 range of +-{FLOAT32_MAX:.4g}')
     return tuple(float(value) for value in values)
 
 
