@@ -38,11 +38,11 @@ def prepare_vectors(vectors: np.ndarray, dim: int, metric: str) -> np.ndarray:
     array = array.astype(np.float64)
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
-        raise InvalidInput(f"vector {int(np.argmin(finite))} contains NaN or infinite values")
+        raise InvalidInput(f"input[{int(np.argmin(finite))}]: vector contains NaN or infinite values")
     if metric == "cosine":
         norms = np.sqrt((array * array).sum(axis=1))
         if (norms == 0).any():
-            raise InvalidInput(f"vector {int(np.argmin(norms))} has zero length, so it has no cosine distance")
+            raise InvalidInput(f"input[{int(np.argmin(norms))}]: vector has zero length, so it has no cosine distance")
         array = array / norms[:, None]
     return np.ascontiguousarray(array, dtype=np.float32)
 
