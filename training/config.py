@@ -109,6 +109,7 @@ class TrainConfig:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+
         if self.optimizer is not None and self.optimizer not in OPTIMIZER_NAMES:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZER_NAMES)}")
         if self.precision not in PRECISIONS:
@@ -121,6 +122,7 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must be non-negative, got {self.warmup_epochs}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be non-negative (0 turns clipping off), got {self.grad_clip}")
+
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be at least 1 step, got {self.checkpoint_every}")
         if self.keep_checkpoints < 0:

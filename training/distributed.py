@@ -6,9 +6,9 @@ here also works in a plain single process, where it is the identity (rank 0 of 1
 
 Contrastive losses call :func:`gather_with_grad` to see the embeddings of every rank as
 negatives. Its backward pass sums the gradient of every rank's loss with respect to the
-local rows, so after DistributedDataParallel averages parameter gradients over ranks, a
-step on W ranks with B samples each equals a step on one process with the W*B samples
-concatenated in rank order (given the same per-rank loss: a mean over local anchors).
+local rows. DistributedDataParallel then averages parameter gradients over ranks. When
+each rank's loss is a mean over its local anchors, a step on W ranks with B samples each
+therefore equals a step on one process with the W*B samples concatenated in rank order.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
 @dataclass(frozen=True)
 class DistributedContext:
-    """Where this process sits in the job: its rank, the number of ranks and its device."""
+    """Position of this process in the job: its rank, the number of ranks and its device."""
 
     rank: int
     world_size: int
@@ -152,7 +152,7 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         # Every rank's loss depends on every rank's rows, so the gradient of the local rows
-        # is the sum over ranks; gloo has no reduce-scatter, so all-reduce and slice.
+        # is the sum over ranks. Gloo has no reduce-scatter, hence all-reduce and slice.
         grad = grad_output.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = dist.get_rank() * ctx.rows

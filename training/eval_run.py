@@ -1,8 +1,8 @@
 """What ``ssl-eval`` runs: embed reference and evaluation data, then compute every metric.
 
-Supervised metrics use only labelled samples (label -1 means unknown); a metric that
-the labels cannot support is left out and named under ``skipped`` with the reason,
-so unlabelled data yields a valid result instead of an error.
+Supervised metrics use only labelled samples, and label -1 means unknown. A metric that
+the labels cannot support is left out and named under ``skipped`` with the reason, so
+unlabelled data yields a valid result instead of an error.
 """
 
 from __future__ import annotations

@@ -135,10 +135,10 @@ def one_class_auroc(
 ) -> dict[str, Any]:
     """Return the one-class anomaly AUROC per class and its mean.
 
-    For each class c, the bank is the training embeddings of c; every labelled test
-    sample is scored by its mean distance (cosine: 1 - cosine similarity; l2: Euclidean)
-    to its k nearest bank samples, and the positives (anomalies) are the test samples of
-    the other classes. A class absent from the test labels, or the only one there, has
+    For each class c, the bank is the training embeddings of c. Every labelled test
+    sample is scored by its mean distance to its k nearest bank samples (cosine:
+    1 - cosine similarity, l2: Euclidean). The positives (anomalies) are the test
+    samples of the other classes. A class absent from the test labels, or the only one there, has
     no AUROC; ``mean`` is None when no class has one.
     """
     from sklearn.metrics import roc_auc_score
@@ -176,7 +176,7 @@ def embedding_spread(embeddings: np.ndarray) -> dict[str, float]:
     """Return the collapse monitor's figures for embeddings (N, D).
 
     ``embedding_std`` is the per-dimension std of the L2-normalised embeddings, averaged
-    over dimensions (Chen & He, 2021, SimSiam); it tends to 0 when every sample maps to
+    over dimensions (Chen & He, 2021, SimSiam). It tends to 0 when every sample maps to
     one vector, and ``collapse_reference`` 1/sqrt(D) is its value for isotropic
     embeddings. ``embedding_effective_rank`` is exp of the entropy of the normalised
     singular values of the centred embeddings (RankMe, Garrido et al., 2023): up to D, and

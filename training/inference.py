@@ -52,7 +52,7 @@ def encoder_inputs(artifact: Artifact, dataset: ImageDataset | TextDataset, indi
 
 @torch.inference_mode()
 def embed_dataset(artifact: Artifact, dataset: ImageDataset | TextDataset, batch_size: int = 512) -> np.ndarray:
-    """Return embeddings (N, D) of every sample, L2-normalised when the artifact says so."""
+    """Return embeddings (N, D) of every sample, L2-normalised when ``meta.normalize`` is set."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     artifact.encoder.eval()

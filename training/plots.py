@@ -27,8 +27,8 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Draw loss and kNN top-1 accuracy against epoch from ``history`` records into a PNG.
 
     Each record is one epoch's metrics line (``epoch``, ``loss`` and, with a labelled
-    hold-out, ``knn_top1``). A metric without any finite value gets an empty panel that
-    says so.
+    hold-out, ``knn_top1``). A metric without any finite value gets an empty panel
+    labelled "no values".
     """
     font = ImageFont.load_default(size=13)
     panels = [("loss", "training loss"), ("knn_top1", "kNN top-1 (hold-out)")]

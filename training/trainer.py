@@ -56,8 +56,8 @@ logger = logging.getLogger(__name__)
 # ones: centring removes the shared direction, so a fully collapsed output (one vector
 # plus tiny noise) would read as perfectly spread. Healthy ReLU backbone features sit
 # below 1/sqrt(d) because they share the positive orthant, and narrow networks start
-# nearly parallel: on digits, a ResNet-10 of width 4 measured 0.085 of 1/sqrt(d) after its
-# first SimCLR epoch and rose from there, width 8 measured 0.3 at initialisation and 0.8
+# nearly parallel. On digits, a ResNet-10 of width 4 measured 0.085 of 1/sqrt(d) after its
+# first SimCLR epoch and rose from there. Width 8 measured 0.3 at initialisation and 0.8
 # after 3 epochs, while a constant vector plus 1e-3 noise measured 0.001. Hence a low
 # value warns only once it is falling.
 COLLAPSE_WARNING_RATIO = 0.1
@@ -72,7 +72,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(Exception):
-    """SIGTERM or SIGINT stopped the run after a step; a checkpoint holds its state."""
+    """SIGTERM or SIGINT stopped the run after a step, whose state is in the checkpoint."""
 
     def __init__(self, signal_number: int, step: int, checkpoint: Path | None) -> None:
         self.signal_number = signal_number
@@ -146,7 +146,7 @@ class _TrainingStep(nn.Module):
     """Route a forward call to ``method.training_step``, so DistributedDataParallel can wrap it.
 
     DistributedDataParallel synchronises gradients only for work done inside its own
-    forward call; the wrapper is never saved, so checkpoints and artifacts keep the
+    forward call. The wrapper is never saved, so checkpoints and artifacts keep the
     method's own parameter names.
     """
 
@@ -185,13 +185,13 @@ class Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
         self.warmup_steps = min(int(config.warmup_epochs * self.steps_per_epoch), self.total_steps // 2)
         self.config = _resolved_config(config, method)
+        self.model = self._wrap_for_training(method)  # before the optimiser: SyncBatchNorm swaps modules
         self.base_lr = self.config.lr
         self.optimizer = build_optimizer(method, self.config.optimizer, self.base_lr, self.config.weight_decay)
         self.autocast_dtype = resolve_precision(config.precision, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(_rank_seed(config.seed, self.context.rank))
-        self.model = self._wrap_for_training(method)
         self.state = RunState()
         self.metrics_file = run_dir / METRICS_FILE
         self._stop_signal: int | None = None
@@ -248,13 +248,17 @@ class Trainer:
                 self.state.epoch_losses.append(losses["loss"])
                 if self.context.is_main:
                     progress.update(self.state.step, losses, self.optimizer.param_groups[0]["lr"], self.batch_size)
+
+                # finish the epoch before any checkpoint, so a resumed run never skips its evaluation
+                if batch_index == self.steps_per_epoch - 1:
+                    self.state.epoch = epoch + 1
+                    self._end_epoch(epoch)
+
                 # ranks agree on stopping through the step's all-reduce; alone, stop at once
                 if self._stop_agreed or (not self.context.enabled and self._stop_signal is not None):
                     self._stop_after_signal()
                 if self.state.step % self.config.checkpoint_every == 0:
                     self.save_checkpoint()
-            self.state.epoch = epoch + 1
-            self._end_epoch(epoch)
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         """Return the sample order of ``epoch``, a pure function of seed and epoch (same on every rank)."""
@@ -378,21 +382,16 @@ class Trainer:
             logger.info("no checkpoint in %s; starting from step 0", self.run_dir)
             return
         state = load_checkpoint(path)
-        _check_resumable(state["config"], self.config, path)
+        _check_resumable(state["config"], self.config, path, log_changes=self.context.is_main)
+
         self.method.load_state_dict(state["method"])
         self.method.load_extra_state(state["method_extra"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         restore_rng_states(state["rng"])
-        if state["world_size"] == self.context.world_size:
-            self.generator.set_state(state["generators"][self.context.rank])
-        else:
-            logger.warning(
-                "checkpoint was written by %d rank(s), this run has %d: augmentation generators are reseeded",
-                state["world_size"], self.context.world_size,
-            )
-            self.generator.manual_seed(_rank_seed(self.config.seed, self.context.rank) + state["step"])
-        if state["scheduler"]["total_steps"] != self.total_steps:
+        self._restore_generator(state)
+
+        if state["scheduler"]["total_steps"] != self.total_steps and self.context.is_main:
             logger.warning(
                 "the schedule changes on resume: %d total steps before, %d now",
                 state["scheduler"]["total_steps"], self.total_steps,
@@ -404,6 +403,18 @@ class Trainer:
             # epochs finished after the checkpoint are trained again, so drop their lines
             _write_metrics_lines(self.metrics_file, self.state.history)
         logger.info("resumed from %s at step %d", path, self.state.step)
+
+    def _restore_generator(self, state: dict[str, Any]) -> None:
+        """Restore this rank's augmentation generator, or reseed it when the rank count changed."""
+        if state["world_size"] == self.context.world_size:
+            self.generator.set_state(state["generators"][self.context.rank])
+            return
+        if self.context.is_main:
+            logger.warning(
+                "checkpoint was written by %d rank(s), this run has %d: augmentation generators are reseeded",
+                state["world_size"], self.context.world_size,
+            )
+        self.generator.manual_seed(_rank_seed(self.config.seed, self.context.rank) + state["step"])
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -454,7 +465,7 @@ def batch_indices(order: torch.Tensor, batch_index: int, batch_size: int, rank: 
     """Return rank ``rank``'s sample indices for step ``batch_index`` of an epoch.
 
     The step's global batch is ``order[batch_index * batch_size:][:batch_size]``, cut to a
-    multiple of ``world_size``; each rank takes a consecutive slice of it, so the ranks'
+    multiple of ``world_size``. Each rank takes a consecutive slice of it, so the ranks'
     slices are disjoint over the epoch.
     """
     start = batch_index * batch_size
@@ -504,9 +515,11 @@ def _resolved_config(config: TrainConfig, method: Method) -> TrainConfig:
     return dataclasses.replace(config, **resolved)
 
 
-def _check_resumable(saved: dict[str, Any], current: TrainConfig, path: Path) -> None:
+def _check_resumable(saved: dict[str, Any], current: TrainConfig, path: Path, log_changes: bool) -> None:
     if saved["method"] != current.method:
         raise ValueError(f"checkpoint {path} is from method {saved['method']!r}, not {current.method!r}")
+    if not log_changes:
+        return
     changed = [name for name in ("batch_size", "epochs", "lr", "optimizer", "seed") if saved.get(name) != getattr(current, name)]
     if changed:
         details = ", ".join(f"{name} {saved.get(name)!r} -> {getattr(current, name)!r}" for name in changed)

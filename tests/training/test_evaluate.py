@@ -58,7 +58,13 @@ def test_knn_without_labels_raises():
 
 def hand_auroc(normal_scores: list[float], anomaly_scores: list[float]) -> float:
     """Return P(anomaly score > normal score) + 0.5 P(tie), over all pairs."""
-    wins = sum(1.0 if a > n else 0.5 if a == n else 0.0 for a in anomaly_scores for n in normal_scores)
+    wins = 0.0
+    for anomaly in anomaly_scores:
+        for normal in normal_scores:
+            if anomaly > normal:
+                wins += 1.0
+            elif anomaly == normal:
+                wins += 0.5
     return wins / (len(normal_scores) * len(anomaly_scores))
 
 

@@ -20,7 +20,7 @@ def nt_xent(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float, gath
 
     With ``gather`` inside a process group of W ranks, the candidates are the 2WN views
     of every rank (gathered with gradients) and the loss is the mean over this rank's
-    2N anchors; averaged over ranks, loss and gradients equal those of one process on
+    2N anchors. Averaged over ranks, loss and gradients equal those of one process on
     the W*N samples concatenated in rank order.
     """
     if view_a.shape != view_b.shape or view_a.ndim != 2:
