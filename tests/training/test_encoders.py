@@ -145,3 +145,11 @@ def test_encoder_artifact_round_trip(tmp_path: Path, name: str, kwargs: dict) ->
     with torch.no_grad():
         assert torch.equal(loaded.encoder(batch), encoder(batch))
     assert loaded.meta.embedding_dim == encoder.embedding_dim
+
+
+@pytest.mark.parametrize("image_size, patch", [(8, 2), (16, 2), (28, 4), (32, 4), (96, 12), (7, 1), (9, 3)])
+def test_default_patch_size_divides_image(image_size, patch):
+    from training.methods.image import default_patch_size
+
+    assert default_patch_size(image_size) == patch
+    assert image_size % default_patch_size(image_size) == 0

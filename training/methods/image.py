@@ -26,7 +26,7 @@ def image_architecture(config: TrainConfig, channels: int, image_size: int, defa
         kwargs = {
             "in_channels": channels,
             "image_size": image_size,
-            "patch_size": config.patch_size or max(1, image_size // 8),
+            "patch_size": config.patch_size or default_patch_size(image_size),
             "width": config.encoder_width or 192,
             "depth": config.encoder_depth or 6,
             "heads": config.heads or 3,
@@ -42,6 +42,19 @@ def image_architecture(config: TrainConfig, channels: int, image_size: int, defa
     if config.embedding_dim is not None:
         kwargs["embedding_dim"] = config.embedding_dim
     return {"name": name, "kwargs": kwargs}
+
+
+def default_patch_size(image_size: int) -> int:
+    """Return the divisor of ``image_size`` nearest to ``image_size / 8``, at least 2 where possible.
+
+    About 8 x 8 patches keeps ViTs cheap on small images; a 1-pixel patch makes
+    per-patch pixel normalisation (MAE) meaningless, so it is used only for odd sizes.
+    """
+    target = max(2.0, image_size / 8)
+    divisors = [size for size in range(2, image_size // 2 + 1) if image_size % size == 0]
+    if not divisors:
+        return 1
+    return min(divisors, key=lambda size: (abs(size - target), size))
 
 
 class ImageMethod(Method):
