@@ -8,25 +8,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.distributed import gather_with_grad, get_rank
+
 INITIAL_TEMPERATURE = 0.07
 MAX_LOGIT_SCALE = 100.0
 
 
-def clip_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+def clip_loss(
+    image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, logit_scale: torch.Tensor | float, gather: bool = True
+) -> torch.Tensor:
     """Return the mean of the image-to-text and text-to-image cross-entropies.
 
     ``image_embeddings[i]`` and ``text_embeddings[i]`` (each (N, D)) are a matching pair.
-    Both are L2-normalised; the logits (N, N) are their cosine similarities times
-    ``logit_scale`` (the inverse temperature, not its logarithm). Row i of the logits
-    classifies image i among all N texts, column i text i among all N images.
+    Both are L2-normalised. The logits are their cosine similarities times
+    ``logit_scale`` (the inverse temperature, not its logarithm), and image i is
+    classified among all N texts as text i is among all N images.
+
+    With ``gather`` inside a process group of W ranks, each local image is classified
+    among the texts of every rank and each local text among the images of every rank
+    (both gathered with gradients). Averaged over ranks, loss and gradients equal those
+    of one process on the W*N pairs concatenated in rank order.
     """
     if image_embeddings.shape != text_embeddings.shape or image_embeddings.ndim != 2:
         raise ValueError(
             f"image and text embeddings must both be (N, D), got {tuple(image_embeddings.shape)} and {tuple(text_embeddings.shape)}"
         )
-    logits = logit_scale * F.normalize(image_embeddings, dim=1) @ F.normalize(text_embeddings, dim=1).T  # (N, N)
-    targets = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    batch = image_embeddings.shape[0]
+    images = F.normalize(image_embeddings, dim=1)
+    texts = F.normalize(text_embeddings, dim=1)
+    all_images = gather_with_grad(images) if gather else images  # (WN, D), rank-major
+    all_texts = gather_with_grad(texts) if gather else texts
+    offset = get_rank() * batch if gather else 0  # where this rank's pairs start
+    targets = offset + torch.arange(batch, device=images.device)
+    image_to_text = logit_scale * images @ all_texts.T  # (N, WN)
+    text_to_image = logit_scale * texts @ all_images.T  # (N, WN)
+    return (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets)) / 2
 
 
 class CLIPLoss(nn.Module):
@@ -34,9 +50,9 @@ class CLIPLoss(nn.Module):
 
     The scale is learned as its logarithm, initialised to log(1 / ``initial_temperature``)
     and clamped at log(``max_logit_scale``), so the logits are never multiplied by more
-    than ``max_logit_scale`` (100 in the paper). ``forward`` clamps the value it uses;
-    :meth:`clamp_` also clamps the stored parameter, which the method calls after each
-    optimiser step, as CLIP clips it during training.
+    than ``max_logit_scale`` (100 in CLIP). ``forward`` clamps the value it uses, and
+    :meth:`clamp_` clamps the stored parameter itself. The CLIP method calls it after
+    each optimiser step, as CLIP clips the scale during training.
     """
 
     def __init__(self, initial_temperature: float = INITIAL_TEMPERATURE, max_logit_scale: float = MAX_LOGIT_SCALE) -> None:
