@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     bank_hnsw_m: int = Field(32, ge=4, le=512, description="HNSW neighbours per node")
     bank_hnsw_ef_construction: int = Field(200, ge=8, le=4096, description="HNSW candidate list size while building")
     bank_hnsw_ef_search: int = Field(128, ge=1, le=4096, description="HNSW candidate list size while searching")
-    faiss_threads: int = Field(0, ge=0, le=1024, description="FAISS OpenMP threads; 0 keeps FAISS's default")
+    faiss_threads: int = Field(0, ge=0, le=1024, description="FAISS OpenMP threads per call; 0 picks 1, because requests already run in parallel")
 
     @field_validator("device")
     @classmethod
