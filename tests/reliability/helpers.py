@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 IMAGE_MODEL = "tiny-image"
 RGB_MODEL = "tiny-rgb"
@@ -169,3 +170,13 @@ def vectors(count: int, dim: int, seed: int = 0) -> list[dict[str, list[float]]]
     """Return ``count`` random embedding items of width ``dim``."""
     rng = np.random.default_rng(seed)
     return [{"embedding": row.tolist()} for row in rng.normal(size=(count, dim))]
+
+
+def metric_value(client: httpx.Client, name: str, **labels: str) -> float:
+    """Return the value of the sample ``name`` with ``labels`` from /metrics, 0 when absent."""
+    text = client.get("/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
+                return sample.value
+    return 0.0
