@@ -4,6 +4,9 @@
 ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` in each. Every helper
 here also works in a plain single process, where it is the identity (rank 0 of 1).
 
+torchrun sends SIGTERM or SIGINT once to every worker when it is stopped itself, then
+SIGKILL 30 s later (torch 2.13), so the trainer's stop-and-checkpoint has that long.
+
 Contrastive losses call :func:`gather_with_grad` to see the embeddings of every rank as
 negatives. Its backward pass sums the gradient of every rank's loss with respect to the
 local rows. DistributedDataParallel then averages parameter gradients over ranks. When

@@ -50,17 +50,21 @@ from training.schedules import warmup_cosine
 
 logger = logging.getLogger(__name__)
 
-# The collapse monitor warns when the std of L2-normalised embeddings is below this share
-# of 1/sqrt(d), the value for isotropic embeddings (Chen & He, 2021, SimSiam), and has
-# fallen since the previous epoch. The std is taken on the raw embeddings, not centred
-# ones: centring removes the shared direction, so a fully collapsed output (one vector
-# plus tiny noise) would read as perfectly spread. Healthy ReLU backbone features sit
-# below 1/sqrt(d) because they share the positive orthant, and narrow networks start
-# nearly parallel. On digits, a ResNet-10 of width 4 measured 0.085 of 1/sqrt(d) after its
-# first SimCLR epoch and rose from there. Width 8 measured 0.3 at initialisation and 0.8
-# after 3 epochs, while a constant vector plus 1e-3 noise measured 0.001. Hence a low
-# value warns only once it is falling.
+# The collapse monitor warns when the std of L2-normalised embeddings is below a tenth of
+# 1/sqrt(d), the value for isotropic embeddings (Chen & He, 2021, SimSiam), and has also
+# fallen under half of its highest value in earlier epochs. The std is taken on the raw
+# embeddings, not centred ones. Centring removes the shared direction, so a fully
+# collapsed output (one vector plus tiny noise) would read as perfectly spread.
+#
+# Healthy ReLU backbone features sit below 1/sqrt(d) because they share the positive
+# orthant, and narrow networks start nearly parallel. Measured on digits as a share of
+# 1/sqrt(d), a ResNet-10 of width 4 gave 0.085 after its first SimCLR epoch and rose from
+# there. After 3 steps, the default ResNet-18 of width 32 gave 0.06 to 0.07 under BYOL,
+# rotation, jigsaw and inpainting, and MAE's ViT gave 0.015. Width 8 gave 0.3 at
+# initialisation and 0.8 after 3 epochs. A constant vector plus 1e-3 noise gave 0.001.
+# Hence a low value warns only once it is clearly falling.
 COLLAPSE_WARNING_RATIO = 0.1
+COLLAPSE_WARNING_DROP = 0.5
 COLLAPSE_MONITOR_SAMPLES = 2048
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
@@ -448,15 +452,16 @@ class Trainer:
 
 
 def collapse_warning(history: list[dict[str, Any]]) -> str | None:
-    """Return a warning when the last epoch's embedding std is low and falling, else None."""
+    """Return a warning when the last epoch's embedding std is low and has fallen, else None."""
     if len(history) < 2:
         return None
-    previous, last = history[-2]["embedding_std"], history[-1]["embedding_std"]
+    highest = max(record["embedding_std"] for record in history[:-1])
+    last = history[-1]["embedding_std"]
     reference = history[-1]["collapse_reference"]
-    if last >= COLLAPSE_WARNING_RATIO * reference or last >= previous:
+    if last >= COLLAPSE_WARNING_RATIO * reference or last >= COLLAPSE_WARNING_DROP * highest:
         return None
     return (
-        f"embeddings may be collapsing: std of L2-normalised embeddings fell from {previous:.4f} to {last:.4f}, "
+        f"embeddings may be collapsing: std of L2-normalised embeddings fell from {highest:.4f} to {last:.4f}, "
         f"under {COLLAPSE_WARNING_RATIO} x 1/sqrt(d) = {COLLAPSE_WARNING_RATIO * reference:.4f}"
     )
 

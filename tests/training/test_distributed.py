@@ -11,12 +11,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from training.artifact import export_artifact
 from training.distributed import gather_with_grad, get_rank, get_world_size, rank_slice
+from training.encoders.resnet import ResNet
 from training.losses import nt_xent
 
 BATCH_PER_RANK = 3
 FEATURES = 5
 TEMPERATURE = 0.3
+RESNET = {"name": "resnet", "kwargs": {"in_channels": 1, "depth": 10, "width": 4, "small_stem": True}}
 
 
 def free_port() -> int:
@@ -70,6 +73,14 @@ def nt_xent_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             mismatch = ""
         except ValueError as error:
             mismatch = str(error)
+
+        encoder = nn.parallel.DistributedDataParallel(ResNet(**RESNET["kwargs"]))
+        if rank == 0:
+            meta = {
+                "name": "wrapped", "modality": "image", "architecture": RESNET, "embedding_dim": 32,
+                "preprocessing": {"size": 8, "channels": 1, "mean": [0.5], "std": [0.5]}, "method": "simclr", "space": "wrapped",
+            }
+            export_artifact(os.path.join(out_dir, "wrapped"), encoder, meta)
         torch.save(
             {
                 "loss": loss.detach(),
@@ -86,7 +97,7 @@ def nt_xent_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_rank_results(tmp_path_factory):
+def two_rank_dir(tmp_path_factory):
     # rank 0 runs in this process, rank 1 in a spawned one: one interpreter start instead of two
     out_dir = tmp_path_factory.mktemp("nt_xent")
     port = free_port()
@@ -100,7 +111,12 @@ def two_rank_results(tmp_path_factory):
         if interface is None:
             os.environ.pop("GLOO_SOCKET_IFNAME", None)
     assert other.exitcode == 0
-    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(two_rank_dir):
+    return [torch.load(two_rank_dir / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
 
 
 def single_process_reference() -> tuple[torch.Tensor, nn.Linear]:
@@ -134,6 +150,16 @@ def test_nt_xent_ranks_see_their_own_rank(two_rank_results):
 def test_gather_with_grad_rejects_mismatched_shapes_on_every_rank(two_rank_results):
     for result in two_rank_results:
         assert "same shape on every rank" in result["mismatch"]
+
+
+def test_export_of_ddp_module_has_no_wrapper_prefix(two_rank_dir):
+    from safetensors.torch import load_file
+
+    from training.artifact import load_artifact
+
+    names = list(load_file(two_rank_dir / "wrapped" / "weights.safetensors"))
+    assert not [name for name in names if name.startswith("module.")]
+    assert load_artifact(two_rank_dir / "wrapped").meta.name == "wrapped"
 
 
 def test_gather_with_grad_is_identity_alone():

@@ -233,12 +233,16 @@ def spread_record(std: float) -> dict:
     return {"embedding_std": std, "collapse_reference": 0.25}
 
 
-def test_collapse_warning_when_low_and_falling():
-    assert "collapsing" in collapse_warning([spread_record(0.02), spread_record(0.01)])
+def test_collapse_warning_when_low_and_halved():
+    assert "collapsing" in collapse_warning([spread_record(0.02), spread_record(0.01), spread_record(0.009)])
 
 
 def test_collapse_warning_silent_when_low_but_rising():
     assert collapse_warning([spread_record(0.005), spread_record(0.01)]) is None
+
+
+def test_collapse_warning_silent_on_small_dip():
+    assert collapse_warning([spread_record(0.0043), spread_record(0.0040)]) is None
 
 
 def test_collapse_warning_silent_when_falling_but_spread():
