@@ -128,7 +128,24 @@ class ModelRegistry:
     """The loaded models by id, and the rule that picks one when a request names none."""
 
     models: dict[str, LoadedModel] = field(default_factory=dict)
-    default_model: str | None = None
+    default_model: str | None = None  # comma-separated model ids from the settings
+
+    def default_ids(self) -> list[str]:
+        """Return the configured default model ids, in the order the settings list them."""
+        return [part.strip() for part in (self.default_model or "").split(",") if part.strip()]
+
+    def is_default(self, model: LoadedModel) -> bool:
+        """Whether ``model`` is picked for its modality when a request names no model."""
+        return self._default_among(self.of_modality(model.modality)) is model
+
+    def _default_among(self, candidates: list[LoadedModel]) -> LoadedModel | None:
+        """Return the configured default among ``candidates``, else the only one marked default in its model.json."""
+        for model_id in self.default_ids():
+            model = self.models.get(model_id)
+            if model is not None and model in candidates:
+                return model
+        marked = [model for model in candidates if model.meta.default]
+        return marked[0] if len(marked) == 1 else None
 
     def get(self, model_id: str) -> LoadedModel:
         """Return the model ``model_id``; raises NotFound listing the loaded ids."""
@@ -158,8 +175,8 @@ class ModelRegistry:
         candidates = self.of_modality(modality) if modality is not None else list(self.models.values())
         if len(candidates) == 1:
             return candidates[0]
-        default = self.models.get(self.default_model) if self.default_model else None
-        if default is not None and default in candidates:
+        default = self._default_among(candidates)
+        if default is not None:
             return default
         kind = f"{modality} " if modality else ""
         if not candidates:
@@ -271,8 +288,9 @@ def load_models(settings: Settings, device: torch.device, dtype: torch.dtype) ->
         registry.models[model.id] = model
         logger.info("loaded model %s (%s, dim %d, space %s) from %s", model.id, model.modality, model.dim, model.space, path)
 
-    if settings.default_model and settings.default_model not in registry.models:
-        message = f"default_model {settings.default_model!r} is not among the loaded models {sorted(registry.models)}"
+    missing = [model_id for model_id in registry.default_ids() if model_id not in registry.models]
+    if missing:
+        message = f"default_model {', '.join(map(repr, missing))} is not among the loaded models {sorted(registry.models)}"
         if settings.on_model_error == "fail":
             raise ModelLoadError(message)
         logger.warning("%s; requests must name a model when several fit", message)

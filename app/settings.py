@@ -42,7 +42,13 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="weight and activation type; float16 and bfloat16 need CUDA"
     )
-    default_model: str | None = Field(None, description="model used when a request names none and several fit")
+    default_model: str | None = Field(
+        None,
+        description=(
+            "models used when a request names none and several fit: comma-separated ids, at most one per "
+            "modality; without it, an artifact whose model.json has \"default\": true is picked"
+        ),
+    )
     on_model_error: Literal["skip", "fail"] = Field(
         "skip", description="skip an invalid artifact (logged) or fail start-up"
     )

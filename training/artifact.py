@@ -98,6 +98,8 @@ class ArtifactMeta(BaseModel):
     space: str
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    # Marks the model the service picks for its modality when a request names none.
+    default: bool = False
 
     @model_validator(mode="after")
     def _check_preprocessing(self) -> ArtifactMeta:

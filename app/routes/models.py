@@ -16,8 +16,8 @@ OWNER = "ssl-embed"
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(state: StateDep) -> ModelList:
     """List the loaded models with modality, width, space, training method and metrics."""
-    default = state.registry.default_model
-    cards = [model_card(model, model.id == default) for model in state.registry.models.values()]
+    registry = state.registry
+    cards = [model_card(model, registry.is_default(model)) for model in registry.models.values()]
     return ModelList(data=sorted(cards, key=lambda card: card.id))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import base64
 from pathlib import Path
 
@@ -285,3 +286,27 @@ async def test_upload_json_body_rejected(service_client: httpx.AsyncClient) -> N
     response = await service_client.post("/v1/embeddings/upload", json={"files": []})
     assert response.status_code == 415
     assert "multipart/form-data" in response.json()["error"]["message"]
+
+
+async def test_embeddings_default_per_modality_list(tmp_path: Path, models_dir: Path) -> None:
+    export_image_model(models_dir, "image-a")
+    export_image_model(models_dir, "image-b", seed=1)
+    settings = make_settings(models_dir, tmp_path / "var", default_model="text-x, image-a")
+    async with running_app(settings) as (_, client):
+        response = await client.post("/v1/embeddings", json={"input": [{"image": png_base64(1)}]})
+        models = (await client.get("/v1/models")).json()["data"]
+    assert response.status_code == 200
+    assert response.json()["model"] == "image-a"
+    assert [card["default"] for card in models] == [True, False]
+
+
+async def test_embeddings_default_marked_in_artifact(tmp_path: Path, models_dir: Path) -> None:
+    export_image_model(models_dir, "image-a")
+    path = export_image_model(models_dir, "image-b", seed=1)
+    meta = json.loads((path / "model.json").read_text())
+    meta["default"] = True
+    (path / "model.json").write_text(json.dumps(meta))
+    async with running_app(make_settings(models_dir, tmp_path / "var")) as (_, client):
+        response = await client.post("/v1/embeddings", json={"input": [{"image": png_base64(1)}]})
+    assert response.status_code == 200
+    assert response.json()["model"] == "image-b"
