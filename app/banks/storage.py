@@ -9,10 +9,13 @@ one is. Files of other versions are removed only after the commit.
 
 Every file is written to a temporary name, flushed with fsync, renamed into place, and
 the folder is flushed with fsync so that the rename itself survives a crash.
+``meta.json`` records the SHA-256 of both data files, so that a damaged file that FAISS
+or NumPy would still read (a flipped bit in a vector) is detected at load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -54,6 +57,9 @@ class BankMeta(BaseModel):
     neighbors_file: str
     ids: list[str]
     threshold: float | None
+    # Absent in banks saved before checksums were recorded; those files are not verified.
+    index_sha256: str | None = None
+    neighbors_sha256: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> BankMeta:
@@ -97,6 +103,11 @@ def save_bank(folder: Path, files: BankFiles) -> None:
     _write_atomic(folder / meta.index_file, lambda path: faiss.write_index(files.index, str(path)))
     _write_atomic(folder / meta.neighbors_file, lambda path: _write_neighbors(path, files))
     fsync_dir(folder)
+    checksums = {
+        "index_sha256": file_sha256(folder / meta.index_file),
+        "neighbors_sha256": file_sha256(folder / meta.neighbors_file),
+    }
+    meta = meta.model_copy(update=checksums)
 
     text = meta.model_dump_json(indent=1) + "\n"
     _write_atomic(folder / META_FILE, lambda path: path.write_text(text, encoding="utf-8"))
@@ -109,10 +120,34 @@ def load_bank(folder: Path) -> BankFiles:
     meta = _read_meta(folder / META_FILE)
     if meta.name != folder.name:
         raise BankFileError(f"{folder / META_FILE}: name {meta.name!r} does not match the folder name")
+    _verify_checksum(folder / meta.index_file, meta.index_sha256)
+    _verify_checksum(folder / meta.neighbors_file, meta.neighbors_sha256)
     index = _read_index(folder / meta.index_file, meta)
     distances, ids = _read_neighbors(folder / meta.neighbors_file, meta)
     _remove_stale_files(folder, keep={meta.index_file, meta.neighbors_file, META_FILE})
     return BankFiles(meta=meta, index=index, neighbor_distances=distances, neighbor_ids=ids)
+
+
+def file_sha256(path: Path) -> str:
+    """Return the hex SHA-256 of the file at ``path``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_checksum(path: Path, expected: str | None) -> None:
+    if expected is None:
+        return
+    try:
+        actual = file_sha256(path)
+    except FileNotFoundError as error:
+        raise BankFileError(f"{path} is missing") from error
+    except OSError as error:
+        raise BankFileError(f"{path} is not readable: {error}") from error
+    if actual != expected:
+        raise BankFileError(f"{path} is corrupt: its SHA-256 does not match the one recorded in {META_FILE}")
 
 
 def fsync_dir(folder: Path) -> None:
@@ -198,7 +233,8 @@ def _read_index(path: Path, meta: BankMeta) -> faiss.IndexIDMap2:
 def _read_neighbors(path: Path, meta: BankMeta) -> tuple[np.ndarray, np.ndarray]:
     expected = (len(meta.ids), meta.config.k)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        # The handle is opened here because np.load leaves its own open when the archive is invalid.
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
             distances = archive["distances"]
             ids = archive["ids"]
     except FileNotFoundError as error:
