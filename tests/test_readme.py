@@ -28,7 +28,7 @@ def route_pattern(path: str) -> re.Pattern[str]:
 
 def readme_paths() -> set[str]:
     found = set(re.findall(r"(?:127\.0\.0\.1:\d+|`)(/(?:v1|healthz|readyz|metrics)[A-Za-z0-9_./{}-]*)", README))
-    return {path.rstrip(".") for path in found if path != "/v1"}
+    return {path.rstrip(".") for path in found if path.rstrip("/") != "/v1"}
 
 
 def test_readme_routes_exist(openapi_paths):
