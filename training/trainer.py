@@ -203,6 +203,8 @@ class Trainer:
 
     def _wrap_for_training(self, method: Method) -> nn.Module:
         """Return the module whose forward runs a training step, DDP-wrapped across ranks."""
+        # NOTE: only the gloo/CPU path is tested; NCCL, SyncBatchNorm and CUDA autocast
+        # have not yet been run on a GPU.
         if not self.context.enabled:
             return _TrainingStep(method)
         if self.config.sync_batch_norm:
