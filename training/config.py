@@ -41,7 +41,6 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps
     keep_checkpoints: int = 2
     log_every: int = 20  # steps
-    num_workers: int = 0
     sync_batch_norm: bool = False  # synchronise BatchNorm statistics across ranks (CUDA only)
     holdout_fraction: float = 0.2  # labelled share kept out of training for kNN
     limit: int | None = None  # use at most this many samples
