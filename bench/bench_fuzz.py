@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="fix the generated requests (default: fresh ones)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the results
 
     from tests.app.helpers import EMBEDDING_DIM, export_image_model, export_text_model
     from tests.reliability.server import start_server
