@@ -248,8 +248,8 @@ class DynamicBatcher:
     def _describe_failure(self, error: Exception) -> ServiceError:
         """Map a forward-pass error to what the batch's callers receive.
 
-        Running out of memory depends on the load, so it is 503 with Retry-After; any
-        other error is a 500 naming the model and the error.
+        Running out of memory depends on the load, so it becomes 503 with Retry-After.
+        Any other error becomes a 500 that names the model and the error.
         """
         if isinstance(error, ServiceError):
             return error
