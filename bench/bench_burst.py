@@ -2,9 +2,8 @@
 
 Each burst opens R connections at once, each sending one request of I images, to a
 service whose queue holds only a few requests. Every response must be 200, or 503 with
-a Retry-After header; no 5xx other than 503, no hang (each request has a client
-timeout), and after each burst the queue must be empty and a normal request must get
-200 again.
+a Retry-After header. No other 5xx and no hang (a client timeout per request) may occur.
+After each burst the queue must be empty and a normal request must get 200 again.
 
     python -m bench.bench_burst                         # 10 bursts of 500 requests
     python -m bench.bench_burst --bursts 3 --requests 200

@@ -3,7 +3,7 @@
 Sends N requests (default 20,000) from a few concurrent clients to a child process on
 127.0.0.1: image and text embeddings, uploads, similarity, bank scores and a share of
 bad requests (a corrupt image, an unknown model). Stored state stays the same size, so
-resident memory (RSS) should level off after warm-up; the run reports its growth from
+resident memory (RSS) should level off after warm-up. The run reports the RSS growth from
 the end of warm-up to the end, with the status counts and latency percentiles.
 
     python -m bench.bench_soak                          # 20,000 requests, at most 30 minutes

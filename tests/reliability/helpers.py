@@ -83,7 +83,7 @@ def animated_gif() -> tuple[bytes, bytes]:
 def exif_rotated_jpeg() -> tuple[bytes, bytes, bytes]:
     """Return a JPEG stored sideways with EXIF orientation 6, and its decoded pixels as PNG upright and sideways.
 
-    The upright PNG holds exactly the pixels a viewer shows for the JPEG, so a service
+    The upright PNG contains exactly the pixels a viewer displays for the JPEG, so a service
     that honours the orientation embeds both identically.
     """
     upright = Image.new("L", (32, 64), 30)
@@ -93,8 +93,8 @@ def exif_rotated_jpeg() -> tuple[bytes, bytes, bytes]:
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     rotated = encode(stored, "JPEG", quality=95, exif=exif.tobytes())
     sideways = Image.open(io.BytesIO(rotated))
-    shown = sideways.transpose(Image.Transpose.ROTATE_270)  # orientation 6: turn 90 degrees clockwise
-    return rotated, encode(shown, "PNG"), encode(sideways, "PNG")
+    displayed = sideways.transpose(Image.Transpose.ROTATE_270)  # orientation 6: turn 90 degrees clockwise
+    return rotated, encode(displayed, "PNG"), encode(sideways, "PNG")
 
 
 @dataclass(frozen=True)

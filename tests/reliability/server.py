@@ -82,10 +82,10 @@ def start_server(
     env: dict[str, str] | None = None,
     timeout_s: float = 60.0,
 ) -> ServerProcess:
-    """Start the service and return once /readyz answers 200.
+    """Start the service and return once /readyz returns 200.
 
     Raises RuntimeError with the end of the server log when the process exits or is not
-    ready within ``timeout_s``; the process is killed in that case.
+    ready within ``timeout_s``, after killing the process.
     """
     port = free_port()
     log = open(log_path, "wb")  # noqa: SIM115 - the child process keeps writing to it
@@ -107,7 +107,7 @@ def start_server(
 
 
 def wait_ready(server: ServerProcess, timeout_s: float) -> None:
-    """Poll /readyz until it answers 200; raise RuntimeError if the process exits first or time runs out."""
+    """Poll /readyz until it returns 200. Raise RuntimeError if the process exits first or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:

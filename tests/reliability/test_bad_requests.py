@@ -31,7 +31,7 @@ def exchange(base_url: str, head: bytes, body_parts: list[bytes], timeout_s: flo
     """Send a request head and body parts over a plain socket, then read the response.
 
     The body parts are sent as given and the socket stays open, so a server that waits
-    for the rest of a declared body never answers and the read times out.
+    for the rest of a declared body never responds and the read times out.
     """
     address = urlsplit(base_url)
     with socket.create_connection((address.hostname, address.port), timeout=timeout_s) as connection:
@@ -269,7 +269,7 @@ def test_malformed_multipart_400(service: Service, content_type: str, body: byte
 # freed with the request, but its ResourceWarning would fail this in-process test.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_truncated_multipart_names_files(service: Service) -> None:
-    """A body cut before its first part ends carries no complete file, which the error says."""
+    """A body cut before its first part ends contains no complete file, and the error names the missing field."""
     body = b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n' + PNG
     response = service.client.post(
         "/v1/embeddings/upload", content=body, headers={"content-type": "multipart/form-data; boundary=b0undary"}
