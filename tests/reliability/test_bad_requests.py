@@ -84,8 +84,12 @@ def test_declared_body_rejected_unread(limited: str, path: str) -> None:
     assert f"at most {LIMIT_BYTES}" in json.loads(body)["error"]["message"]
 
 
-def test_chunked_body_rejected_midway(limited: str) -> None:
-    head = request_head("POST", "/v1/embeddings", {"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [("/v1/embeddings", "application/json"), ("/v1/embeddings/upload", "multipart/form-data; boundary=b0undary")],
+)
+def test_chunked_body_rejected_midway(limited: str, path: str, content_type: str) -> None:
+    head = request_head("POST", path, {"Content-Type": content_type, "Transfer-Encoding": "chunked"})
     chunk = b"a" * 16384
     framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
     status, _, body = exchange(limited, head, [framed] * 5)  # 80 KiB sent, no final chunk
