@@ -101,10 +101,8 @@ class DynamicBatcher:
         """Cancel the worker, fail what is still queued and release the inference thread."""
         if self._worker is not None:
             self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
+            # a worker that died of an error has already logged it in _on_worker_done
+            await asyncio.gather(self._worker, return_exceptions=True)
         while self._queue:
             request = self._queue.popleft().request
             if not request.future.done():
@@ -161,8 +159,13 @@ class DynamicBatcher:
         logger.info("batcher of model %s started (batch %d, wait %.1f ms)", self.model.id, self.max_batch_size, self.max_wait_ms)
         while True:
             batch = await self._collect()
-            if batch:
+            if not batch:
+                continue
+            try:
                 await self._process(batch)
+            except BaseException:  # cancelled by stop(), or a bug: the worker ends, its batch must not hang
+                _fail_entries(batch, NotReady(f"model {self.model.id} stopped while computing this request"))
+                raise
 
     async def _collect(self) -> list[_Entry]:
         """Wait for a first item, then up to max_wait_ms for the batch to fill; return the live items."""
@@ -204,9 +207,6 @@ class DynamicBatcher:
             logger.exception("model %s: forward pass over %d items failed", self.model.id, len(batch))
             _fail_entries(batch, self._describe_failure(error))
             return
-        except BaseException:  # the worker itself is ending (cancelled, or the interpreter exits)
-            _fail_entries(batch, NotReady(f"model {self.model.id} stopped while computing this request"))
-            raise
 
         elapsed = time.perf_counter() - started
         self.metrics.batch_size.labels(model=self.model.id).observe(len(batch))
