@@ -151,3 +151,22 @@ async def test_dead_worker_fails_fast(single_settings) -> None:
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "not_ready"
     assert ready.status_code == 503
+
+
+async def test_worker_crash_fails_fast(single_settings) -> None:
+    """A bug that ends the worker mid-batch fails that batch and every later request with 503, none hangs."""
+    settings = single_settings.model_copy(update={"request_timeout_s": 30.0})
+    async with running_app(settings) as (app, client):
+        batcher = app.state.service.batchers[IMAGE_MODEL]
+
+        def broken_deliver(batch, embeddings) -> None:
+            raise RuntimeError("simulated bug after the forward pass")
+
+        batcher._deliver = broken_deliver
+        in_flight = await asyncio.wait_for(embed(client, CLEAN[:1]), timeout=5.0)
+        later = await asyncio.wait_for(embed(client, CLEAN[:1]), timeout=5.0)
+        ready = await client.get("/readyz")
+    assert in_flight.status_code == 503
+    assert in_flight.json()["error"]["message"] == f"model {IMAGE_MODEL} stopped while computing this request"
+    assert later.status_code == 503
+    assert ready.status_code == 503
