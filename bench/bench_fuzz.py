@@ -95,6 +95,7 @@ def _fuzz_operation(
         database=None,
         phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
         suppress_health_check=list(hypothesis.HealthCheck),
+        verbosity=hypothesis.Verbosity.quiet,
     )
     def send(case: schemathesis.Case) -> None:
         if time.monotonic() > deadline:
