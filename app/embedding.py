@@ -100,11 +100,14 @@ async def run_with_timeout(state: ServiceState, work: Awaitable[T]) -> T:
 def items_modality(items: Sequence[ParsedItem], field: str, allow_vectors: bool) -> str | None:
     """Return the one modality of the non-vector items, None when all are vectors.
 
-    Raises InvalidInput for a vector where none are accepted or for mixed text and images.
+    Raises InvalidInput for a vector where none are accepted, for text that is empty or
+    only whitespace, and for mixed text and images.
     """
     modality = None
     first = -1
     for index, item in enumerate(items):
+        if isinstance(item, TextItem) and not item.text.strip():
+            raise InvalidInput(f"{field}[{index}]: text is empty or whitespace only")
         if isinstance(item, EmbeddingItem):
             if not allow_vectors:
                 raise InvalidInput(f"{field}[{index}]: embedding vectors are not accepted here; send text or an image")

@@ -29,7 +29,6 @@ def test_parse_embedding_object() -> None:
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
-        ("", "text must not be empty"),
         ({"text": 3}, '"text" must be a string'),
         ({"image": ""}, '"image" must be a non-empty base64 string'),
         ({"embedding": []}, "non-empty list"),
