@@ -81,6 +81,13 @@ class TextPreprocessing(BaseModel):
     max_tokens: int = Field(gt=1)
     lowercase: bool = False
 
+    @model_validator(mode="after")
+    def _check_tokenizer_name(self) -> TextPreprocessing:
+        # The tokenizer must sit inside the artifact folder, so only a plain file name is allowed.
+        if not self.tokenizer or Path(self.tokenizer).name != self.tokenizer or self.tokenizer in (".", ".."):
+            raise ValueError(f"tokenizer must be a file name inside the artifact folder, got {self.tokenizer!r}")
+        return self
+
 
 class ArtifactMeta(BaseModel):
     """The contents of ``model.json``."""

@@ -155,3 +155,11 @@ def test_load_rejects_wrong_embedding_dim(tmp_path):
     (path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="embedding_dim 64"):
         load_artifact(path)
+
+
+@pytest.mark.parametrize("name", ["../tokenizer.json", "/etc/passwd", "sub/tokenizer.json", ".."])
+def test_text_meta_rejects_tokenizer_path(name):
+    from training.artifact import TextPreprocessing
+
+    with pytest.raises(ValueError, match="tokenizer must be a file name"):
+        TextPreprocessing(tokenizer=name, max_tokens=16)
