@@ -7,12 +7,12 @@ L2-normalised, cosine metric, k = 5) one run measures side by side:
   the service's default M, efConstruction and efSearch), so the store's overhead shows.
 - ``store-flat`` and ``store-hnsw``: ``app.banks.FaissBankStore``, the code behind the
   bank routes. Its add computes every sample's exact leave-one-out neighbours and
-  writes the bank to disk with fsync, so "add" here is a bulk add of the whole bank in
-  one call, followed by a reload (``load_s``) and then, after the score measurements,
-  a few incremental adds of 256 samples (one request's worth) to the full bank.
+  writes the bank to disk with fsync. So "add" here is a bulk add of the whole bank in
+  one call, followed by a reload (``load_s``). After the score measurements come a few
+  incremental adds of 256 samples (one request's worth) to the full bank.
 - ``torch-matmul``: one query as ``bank @ query`` and ``topk`` in PyTorch.
 - ``torch-loop``: what a naive implementation does, a Python loop of ``torch.dot`` over
-  the bank rows per query. It is timed on a few queries within a time budget; a query
+  the bank rows per query. It is timed on a few queries within a time budget. A query
   cut off by the budget is extrapolated from the rows it reached (``extrapolated``).
 
 Scores and searches run with ``--faiss-threads`` OpenMP threads (default 1, as the
@@ -22,9 +22,11 @@ the exact top 5 of the flat index. The target: one query against 100k vectors in
 1 ms with recall@5 of at least 0.95, for the index the service picks at that size.
 
 The flat store is skipped above ``--store-flat-max`` (default 100k) because its bulk add
-compares every sample with every other: at 1M that is 10^12 distance computations.
+compares every sample with every other: at 1M that is 10^12 distance computations. Most
+of a full run's time goes into building HNSW graphs of 1M vectors, once bare and once
+in the store.
 
-    python -m bench.bench_banks            # full: 1k, 10k, 100k, 1M (several minutes, about 4 GB of memory)
+    python -m bench.bench_banks            # full: 1k, 10k, 100k, 1M (about 4 GB of memory)
     python -m bench.bench_banks --quick    # 1k and 10k only
 """
 
@@ -168,6 +170,20 @@ def bench_raw_index(kind: str, bank: np.ndarray, queries: np.ndarray, truth: np.
 # --- the bank store ----------------------------------------------------------------------
 
 
+def bulk_add(data_dir: Path, bank: np.ndarray, threads: int, options: dict[str, int]) -> float:
+    """Create the bank in a store under ``data_dir``, add all of ``bank`` in one call, close the store; return the add's seconds.
+
+    Sample ids are the row numbers as strings, so that neighbours map back to rows.
+    """
+    builder = FaissBankStore(data_dir, faiss_threads=threads, **options)
+    builder.load()
+    builder.create(BANK, BankConfig(model=BANK, dim=DIM, k=K, metric="cosine"))
+    ids = [str(i) for i in range(len(bank))]
+    seconds, _ = timed_once(lambda: builder.add(BANK, bank, ids))
+    builder.close()
+    return seconds
+
+
 def bench_store(kind: str, bank: np.ndarray, queries: np.ndarray, extra: np.ndarray, truth: np.ndarray, args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     """Bulk-add ``bank`` to a FaissBankStore bank of ``kind``, reload it, score, check recall and add more."""
     defaults = Settings.model_fields
@@ -180,14 +196,8 @@ def bench_store(kind: str, bank: np.ndarray, queries: np.ndarray, extra: np.ndar
         "hnsw_ef_construction": defaults["bank_hnsw_ef_construction"].default,
         "hnsw_ef_search": defaults["bank_hnsw_ef_search"].default,
     }
-    ids = [str(i) for i in range(len(bank))]
     try:
-        builder = FaissBankStore(data_dir, faiss_threads=args.build_threads, **options)
-        builder.load()
-        builder.create(BANK, BankConfig(model=BANK, dim=DIM, k=K, metric="cosine"))
-        add_s, _ = timed_once(lambda: builder.add(BANK, bank, ids))
-        builder.close()
-
+        add_s = bulk_add(data_dir, bank, args.build_threads, options)
         store = FaissBankStore(data_dir, faiss_threads=args.faiss_threads, **options)
         load_s, _ = timed_once(store.load)
         if store.info(BANK).index != kind:

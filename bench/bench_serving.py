@@ -14,12 +14,12 @@ side by side:
 Each concurrency level is bounded in requests and seconds and follows a short warm-up.
 The load generator runs on the same cores as the server, so its CPU share
 (``client_cpu_cores``) is reported beside the server's (``server_cpu_cores``).
-Targets: at concurrency 32, at least 0.8x the raw forward and 3x the unbatched server;
-at concurrency 1, a median latency within 5 ms of the raw batch-1 forward.
+The targets: at concurrency 32, at least 0.8x the raw forward and 3x the unbatched
+server. At concurrency 1, a median latency within 5 ms of the raw batch-1 forward.
 
     python -m bench.bench_serving                 # full: image model, 4 levels x (5000 requests or 15 s)
     python -m bench.bench_serving --text          # also the default text model
-    python -m bench.bench_serving --quick         # image model, 4 levels x (150 requests or 1.5 s)
+    python -m bench.bench_serving --quick         # image model, 4 levels x (150 requests or 1 s)
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import torch
 from PIL import Image
@@ -66,6 +67,9 @@ FALLBACK_TEXTS = (
     "fonts for the Latin, Greek and Cyrillic scripts",
 )
 PAYLOAD_COUNT = 256
+# Untimed forward calls per batch size: the first calls at a new input shape can be far
+# slower than later ones (allocations, kernel selection).
+WARMUP_CALLS = 3
 SEED = 0
 TARGET_RAW_RATIO = 0.8
 TARGET_UNBATCHED_RATIO = 3.0
@@ -149,11 +153,12 @@ def forward_function(artifact: Artifact, inputs: list[Any], batch_size: int, dev
 
 
 def time_calls(function: Callable[[], None], max_calls: int, max_seconds: float, min_calls: int = 3) -> list[float]:
-    """Return seconds per call of ``function`` after one untimed call.
+    """Return seconds per call of ``function`` after ``WARMUP_CALLS`` untimed calls.
 
     Calls stop after ``max_calls`` or, once ``min_calls`` are done, after ``max_seconds``.
     """
-    function()
+    for _ in range(WARMUP_CALLS):
+        function()
     times: list[float] = []
     deadline = time.perf_counter() + max_seconds
     while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() < deadline):
@@ -191,8 +196,6 @@ def measure_raw(artifact: Artifact, inputs: list[Any], batch_sizes: list[int], m
 
 def read_batch_metrics(server: ServerProcess, model: str) -> tuple[float, float]:
     """Return the sum and count of the server's ``embed_batch_size`` histogram for ``model``."""
-    import httpx
-
     text = httpx.get(f"{server.base_url}/metrics", timeout=10.0, trust_env=False).text
     values = {}
     for name in ("sum", "count"):
@@ -362,13 +365,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128], help="concurrent requests per level")
     parser.add_argument("--items-per-request", type=int, default=1, help="items in each request body")
     parser.add_argument("--requests", type=int, help="maximum requests per level (default: 5000, --quick: 150)")
-    parser.add_argument("--seconds", type=float, help="maximum seconds per level (default: 15, --quick: 1.5)")
-    parser.add_argument("--warmup-seconds", type=float, help="maximum seconds of warm-up before each level (default: 2, --quick: 0.5)")
+    parser.add_argument("--seconds", type=float, help="maximum seconds per level (default: 15, --quick: 1)")
+    parser.add_argument("--warmup-seconds", type=float, help="maximum seconds of warm-up before each level (default: 2, --quick: 0.3)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="batch sizes of the raw forward (default: 1 to 512 in powers of 2)")
     parser.add_argument("--raw-seconds", type=float, help="maximum seconds per raw batch size (default: 3, --quick: 0.4)")
     args = parser.parse_args()
 
-    defaults = {"requests": (5000, 150), "seconds": (15.0, 1.5), "warmup_seconds": (2.0, 0.5), "raw_seconds": (3.0, 0.4)}
+    defaults = {"requests": (5000, 150), "seconds": (15.0, 1.0), "warmup_seconds": (2.0, 0.3), "raw_seconds": (3.0, 0.4)}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
@@ -401,7 +404,11 @@ def main() -> None:
                 continue
             results[modality] = bench_model(info, args, Path(temporary))
 
-    command = "python -m bench.bench_serving" + (" --text" if args.text else "") + (" --quick" if args.quick else "")
+    command = "python -m bench.bench_serving"
+    if args.text:
+        command += " --text"
+    if args.quick:
+        command += " --quick"
     record = {
         "command": command,
         "cores_note": (

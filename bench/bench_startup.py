@@ -1,4 +1,4 @@
-"""Service start-up time: seconds from starting ``ssl-serve`` until GET /readyz answers 200.
+"""Service start-up time: seconds from starting ``ssl-serve`` until GET /readyz returns 200.
 
 Each run starts a fresh ``ssl-serve`` subprocess on 127.0.0.1 (free port, empty data
 folder), polls /readyz every 20 ms, then stops the server with SIGINT and records how
@@ -58,7 +58,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for /readyz before giving up on a start")
     args = parser.parse_args()
     configure_logging()
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    repeats = args.repeats
+    if repeats is None:
+        repeats = 1 if args.quick else 3
     if repeats < 1:
         parser.error(f"--repeats must be at least 1, got {repeats}")
 

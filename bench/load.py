@@ -2,7 +2,7 @@
 
 ``concurrency`` workers share one connection pool. Each sends a request, waits for the
 whole response, and sends the next, until ``max_requests`` are issued or ``max_seconds``
-have passed; requests already in flight then finish, each within ``timeout_s``. The
+have passed. Requests already in flight then finish, each within ``timeout_s``. The
 request bodies are encoded once in advance, and responses are only counted by status,
 except the first successful one, which is checked. That keeps the generator's own CPU
 use low, which matters because it shares the cores with the server it loads.
@@ -33,7 +33,7 @@ LOOPBACK = "127.0.0.1"
 
 @dataclass
 class LevelStats:
-    """What one concurrency level measured; latencies are of successful requests, in ms."""
+    """Measurements of one concurrency level; latencies are those of successful requests, in ms."""
 
     concurrency: int
     requests: int

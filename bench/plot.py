@@ -60,8 +60,8 @@ class Reference:
 class LinePanel:
     """A line chart; log axes skip points that are not positive.
 
-    ``x_ticks`` puts the x ticks at exactly these values (such as the concurrency levels
-    measured) and fits the x range to them; by default ticks are round numbers.
+    ``x_ticks`` puts the x ticks at exactly these values, such as the concurrency levels
+    measured, and fits the x range to them. Without it, ticks are round numbers.
     """
 
     title: str
@@ -78,7 +78,7 @@ class LinePanel:
 class BarPanel:
     """A grouped bar chart: one group per category, one bar per series in each group.
 
-    ``values[label]`` holds one value per category; None leaves the bar out.
+    ``values[label]`` contains one value per category, and None leaves that bar out.
     """
 
     title: str
@@ -166,6 +166,8 @@ def _draw_bar_panel(panel: BarPanel) -> Image.Image:
         return image
 
     baseline_values = values if panel.log_y else values + [0.0]
+    if len(panel.values) > 1:  # headroom above the tallest bar for the legend
+        baseline_values.append(max(values) * (4.0 if panel.log_y else 1.3))
     y_axis = _Axis.fit(baseline_values + [r.value for r in panel.references], panel.log_y, PANEL_HEIGHT - MARGIN_BOTTOM, MARGIN_TOP)
     left, right = MARGIN_LEFT, PANEL_WIDTH - MARGIN_RIGHT
     group_width = (right - left) / len(panel.categories)
@@ -189,7 +191,7 @@ def _draw_bar_panel(panel: BarPanel) -> Image.Image:
         center = left + (index + 0.5) * group_width
         _centered_text(draw, (center, y_axis.start + 8), _shorten(category, group_width, font), font)
     if len(labels) > 1:
-        _draw_legend(draw, [(label, PALETTE[n % len(PALETTE)], False) for n, label in enumerate(labels)])
+        _draw_legend(draw, [(label, PALETTE[n % len(PALETTE)], False) for n, label in enumerate(labels)], boxes=True)
     return image
 
 
@@ -310,14 +312,18 @@ def _draw_references(draw: ImageDraw.ImageDraw, y_axis: _Axis, references: list[
         draw.text((PANEL_WIDTH - MARGIN_RIGHT - width - 4, label_y), reference.label, fill=REFERENCE_COLOR, font=font)
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, entries: list[tuple[str, tuple[int, int, int], bool]]) -> None:
+def _draw_legend(draw: ImageDraw.ImageDraw, entries: list[tuple[str, tuple[int, int, int], bool]], boxes: bool = False) -> None:
+    """Draw (label, colour, dashed) entries top left, each marked by a line sample, or a filled box for bars."""
     font = _font(FONT_SIZE - 1)
     x, y = MARGIN_LEFT + 10, MARGIN_TOP + 6
     widest = max((draw.textlength(label, font=font) for label, _, _ in entries), default=0)
     draw.rectangle((x - 4, y - 4, x + 34 + widest, y + len(entries) * (FONT_SIZE + 4)), fill=BACKGROUND, outline=GRID_COLOR)
     for label, color, dashed in entries:
         middle = y + FONT_SIZE / 2
-        _line(draw, (x, middle), (x + 24, middle), color, dashed=dashed)
+        if boxes:
+            draw.rectangle((x + 6, middle - 6, x + 18, middle + 6), fill=color)
+        else:
+            _line(draw, (x, middle), (x + 24, middle), color, dashed=dashed)
         draw.text((x + 30, y - 1), label, fill=AXIS_COLOR, font=font)
         y += FONT_SIZE + 4
 

@@ -34,7 +34,7 @@ LOG_TAIL_CHARS = 3000
 
 
 class ServerStartError(RuntimeError):
-    """The server exited or did not answer /readyz with 200 in time; the message has its log's end."""
+    """The server exited, or /readyz did not return 200 in time. The message ends with the server's log."""
 
 
 @dataclass
@@ -116,7 +116,7 @@ def start_server(models_dir: Path, data_dir: Path, log_path: Path, settings: dic
 
 
 def wait_ready(server: ServerProcess, timeout_s: float) -> None:
-    """Poll GET /readyz until it answers 200; raise ServerStartError when the server exits or ``timeout_s`` passes."""
+    """Poll GET /readyz until it returns 200; raise ServerStartError when the server exits or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=server.base_url, timeout=1.0, trust_env=False) as client:
         while True:

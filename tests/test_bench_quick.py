@@ -1,0 +1,37 @@
+"""Every benchmark's --quick mode runs, prints its JSON summary and writes its result record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHES = ["bench_training", "bench_serving", "bench_banks", "bench_startup", "bench_methods"]
+TIMEOUT_S = 300
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bench", BENCHES)
+def test_quick_mode_writes_record(bench: str) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", f"bench.{bench}", "--quick"], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+
+    summary = json.loads(finished.stdout)
+    record = Path(summary["record"])
+    plots = [Path(path) for path in summary.get("plots", [])] + ([Path(summary["plot"])] if "plot" in summary else [])
+    try:
+        assert record.is_file()
+        contents = json.loads(record.read_text())
+        assert contents["command"].endswith("--quick")
+        assert "commit" in contents["machine"]
+        for plot in plots:
+            assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        for path in [record, *plots]:
+            path.unlink(missing_ok=True)
