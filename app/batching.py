@@ -2,7 +2,8 @@
 
 Requests enqueue their preprocessed items in a bounded queue. One worker task per model
 takes up to ``max_batch_size`` items and waits at most ``max_wait_ms`` after the first
-one for more to arrive. It runs a single forward pass in a thread, never on the event
+one for more to arrive, except for a lone item right after a batch of one, which goes at
+once so that a client sending one request at a time pays no wait. It runs a single forward pass in a thread, never on the event
 loop, and hands each request its rows once all of them are computed.
 """
 
@@ -65,6 +66,7 @@ class DynamicBatcher:
     _arrived: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _worker: asyncio.Task[None] | None = field(default=None, init=False)
     _executor: ThreadPoolExecutor | None = field(default=None, init=False)
+    _last_batch_size: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -168,12 +170,21 @@ class DynamicBatcher:
                 raise
 
     async def _collect(self) -> list[_Entry]:
-        """Wait for a first item, then up to max_wait_ms for the batch to fill; return the live items."""
+        """Wait for a first item, then up to max_wait_ms for the batch to fill; return the live items.
+
+        A lone item after a batch of one is sent at once: with one request at a time
+        there is nothing to wait for, and the wait would only add latency. As soon as
+        requests overlap, batches grow past one and the wait applies again.
+        """
         while not self._queue:
             self._arrived.clear()
             await self._arrived.wait()
+        await asyncio.sleep(0)  # let requests submitted in the same event-loop turn join
 
-        deadline = time.monotonic() + self.max_wait_ms / 1000
+        wait_s = self.max_wait_ms / 1000
+        if len(self._queue) == 1 and self._last_batch_size == 1:
+            wait_s = 0.0
+        deadline = time.monotonic() + wait_s
         while len(self._queue) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -195,6 +206,7 @@ class DynamicBatcher:
         if skipped:
             self.metrics.skipped_items.labels(model=self.model.id).inc(skipped)
             logger.debug("model %s: skipped %d items of cancelled requests", self.model.id, skipped)
+        self._last_batch_size = len(batch)
         return batch
 
     async def _process(self, batch: list[_Entry]) -> None:

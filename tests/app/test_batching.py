@@ -59,12 +59,15 @@ async def test_batch_result_independent_of_batch(tmp_path: Path, models_dir: Pat
 
     async with running_app(settings) as (app, client):
         alone = await embed_one(client, target)
+        # A batch of two turns the wait back on: a lone request after a batch of one is sent at once.
+        primed = await client.post("/v1/embeddings", json={"input": others[:2]})
+        assert primed.status_code == 200
         batched = await asyncio.gather(*(embed_one(client, item) for item in [*others[:3], target, *others[3:]]))
         batches = sample(app, "embed_batch_size_count", model)
         items = sample(app, "embed_batch_size_sum", model)
 
-    assert batches == 2
-    assert items == 9
+    assert batches == 3
+    assert items == 11
     np.testing.assert_allclose(batched[3], alone, rtol=0, atol=1e-5)
 
 
@@ -166,3 +169,13 @@ def test_batcher_rejects_bad_arguments(image_model_settings: Settings, overrides
     arguments = {"max_batch_size": 4, "max_wait_ms": 1.0, "max_queue_items": 8, **overrides}
     with pytest.raises(ValueError, match=fragment):
         DynamicBatcher(model, metrics=ServiceMetrics(), **arguments)
+
+
+async def test_lone_request_after_single_batch_skips_wait(image_model_settings: Settings) -> None:
+    settings = image_model_settings.model_copy(update={"max_wait_ms": 1000})
+    async with running_app(settings) as (_, client):
+        await embed_one(client, {"image": png_base64(1)})  # the first batch waits, then holds one item
+        started = time.monotonic()
+        await embed_one(client, {"image": png_base64(2)})
+        elapsed = time.monotonic() - started
+    assert elapsed < 0.5
