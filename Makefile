@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test test-fast bench-quick models clean
+.PHONY: setup serve test test-fast bench-quick clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+bench-quick: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_bench_quick.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -123,8 +123,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         order = torch.Generator().manual_seed(0)
 
         def step() -> dict[str, float]:
-            # NOTE: _train_step is the trainer's own step; Trainer has no public single-step call.
-            losses = trainer._train_step(torch.randperm(len(dataset), generator=order)[:batch_size])
+            losses = trainer.train_step(torch.randperm(len(dataset), generator=order)[:batch_size])
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             return losses

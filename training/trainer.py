@@ -249,7 +249,7 @@ class Trainer:
             order = self._epoch_order(epoch)
             for batch_index in range(self.state.step % self.steps_per_epoch, self.steps_per_epoch):
                 indices = batch_indices(order, batch_index, self.batch_size, self.context.rank, self.context.world_size)
-                losses = self._train_step(indices)
+                losses = self.train_step(indices)
                 self.state.step += 1
                 self.state.epoch_losses.append(losses["loss"])
                 if self.context.is_main:
@@ -271,7 +271,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.train_data), generator=generator)
 
-    def _train_step(self, indices: torch.Tensor) -> dict[str, float]:
+    def train_step(self, indices: torch.Tensor) -> dict[str, float]:
         # set the learning rate for this step
         lr = warmup_cosine(self.state.step, self.total_steps, self.warmup_steps, self.base_lr)
         for group in self.optimizer.param_groups:
