@@ -161,3 +161,23 @@ def test_extra_state_rejects_other_vocabulary(tmp_path):
     smaller = SimCSE.from_data(small_config(tmp_path), text_dataset(["tiny"] * 3))
     with pytest.raises(ValueError, match="tokens"):
         smaller.load_extra_state(method.extra_state_for_checkpoint())
+
+
+def test_init_replaces_head_of_other_width(tmp_path):
+    first = SimCSE.from_data(small_config(tmp_path, embedding_dim=16), text_dataset())
+    (spec,) = first.export_specs()
+    meta = {
+        "name": "sc", "modality": "text", "architecture": spec.architecture, "embedding_dim": spec.embedding_dim,
+        "preprocessing": spec.preprocessing, "method": "simcse", "space": "sc",
+    }
+    path = export_artifact(tmp_path / "sc", spec.encoder, meta, spec.tokenizer_json)
+    second = SimCSE.from_data(small_config(tmp_path, init_from=str(path), embedding_dim=8), text_dataset())
+    assert second.embedding_dim == 8
+    assert torch.equal(second.encoder.token_embedding.weight, first.encoder.token_embedding.weight)
+
+
+def test_init_from_unreadable_checkpoint(tmp_path):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        SimCSE.from_data(small_config(tmp_path, init_from=str(path)), text_dataset())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,10 @@ def _from_artifact(folder: Path) -> PretrainedText:
 def _from_checkpoint(path: Path) -> PretrainedText:
     from training.checkpoint import load_checkpoint
 
-    checkpoint = load_checkpoint(path)
+    try:
+        checkpoint = load_checkpoint(path)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
+        raise ValueError(f"init_from {str(path)!r} is not a readable checkpoint: {error}") from error
     extra = checkpoint.get("method_extra") or {}
     if "tokenizer_json" not in extra or "text_architecture" not in extra:
         raise ValueError(f"init_from {str(path)!r} is not a checkpoint of a text method (no tokenizer in it)")
@@ -115,11 +119,18 @@ def build_text_encoder(architecture: dict[str, Any], pretrained: PretrainedText 
 def load_pretrained_weights(encoder: nn.Module, pretrained: PretrainedText) -> None:
     """Load ``pretrained.state`` into ``encoder``.
 
-    Only a ``head`` that ``pretrained`` lacks (a projection added on top of its encoder)
-    may stay freshly initialised. Any other missing or unexpected key raises ValueError.
+    Only the projection ``head`` may stay freshly initialised: when ``pretrained`` has
+    none, or one of another width, which a new width replaces. Any other missing or
+    unexpected key raises ValueError.
     """
+    own = encoder.state_dict()
+    state = {
+        name: tensor
+        for name, tensor in pretrained.state.items()
+        if not name.startswith("head.") or (name in own and own[name].shape == tensor.shape)
+    }
     try:
-        result = encoder.load_state_dict(pretrained.state, strict=False)
+        result = encoder.load_state_dict(state, strict=False)
     except RuntimeError as error:  # raised for tensors of another shape
         raise ValueError(f"pretrained text encoder does not match {type(encoder).__name__}: {error}") from error
     missing = [key for key in result.missing_keys if not key.startswith("head.")]
