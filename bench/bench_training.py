@@ -10,7 +10,7 @@ side by side in one process:
 - ``per_image``: a per-image PIL pipeline in a DataLoader with 2 workers (crop, flip,
   colour jitter per image, then collate), the way most SSL libraries feed a model.
 
-    python -m bench.bench_training            # full: batch 256, widths 16 and 32, 32 and 96 px
+    python -m bench.bench_training            # full: batch 256, widths 16 and 32, 32 and 96 px, 5 steps
     python -m bench.bench_training --quick    # under a minute
 """
 
@@ -131,6 +131,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small batch and width, 32 px only")
     parser.add_argument("--data", default="../shared/data/glyphs/glyphs-train.npz", help="images to train on (falls back to digits)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per setting and pipeline in the full mode")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 96], help="image sizes in pixels in the full mode")
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32], help="ResNet-18 base widths in the full mode")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -142,7 +145,7 @@ def main() -> None:
     if args.quick:
         settings = [(8, 32, 32, 3)]
     else:
-        settings = [(width, size, 256, 10) for size in (32, 96) for width in (16, 32)]
+        settings = [(width, size, 256, args.steps) for size in args.sizes for width in args.widths]
     rows = []
     for width, size, batch, steps in settings:
         result = measure(width, size, batch, steps, images)
