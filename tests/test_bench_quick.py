@@ -17,6 +17,7 @@ BENCHES = {
     "bench_startup": [],
     "bench_methods": [],
     "bench_bank_auroc": ["--model", "digits-simclr"],
+    "bench_quality": [],
 }
 TIMEOUT_S = 300
 
