@@ -19,13 +19,13 @@ serve: $(STAMP)
 	$(VENV)/bin/ssl-serve --models-dir models --data-dir var
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not bench"
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not bench"
 
 bench-quick: $(STAMP)
-	$(PY) -m pytest -q -m slow tests/test_bench_quick.py
+	$(PY) -m pytest -q -m bench tests/test_bench_quick.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -22,10 +22,10 @@ BENCHES = {
 TIMEOUT_S = 300
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 @pytest.mark.parametrize("bench", BENCHES)
 def test_quick_mode_writes_record(bench: str) -> None:
-    if bench == "bench_bank_auroc" and not (REPO.parent / "shared" / "data" / "glyphs").is_dir():
+    if bench in ("bench_bank_auroc", "bench_quality") and not (REPO.parent / "shared" / "data" / "glyphs").is_dir():
         pytest.skip("the glyphs data set is not beside the repository")
     finished = subprocess.run(
         [sys.executable, "-m", f"bench.{bench}", "--quick", *BENCHES[bench]],
