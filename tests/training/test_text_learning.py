@@ -24,6 +24,15 @@ DESCRIPTIONS = DATA / "debian-descriptions"
 GLYPHS = DATA / "glyphs"
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    # one intra-op thread: with other work on the cores, more threads only wait on each other
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_slice(dataset, count: int, seed: int):
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     return dataset.subset(order[:count])
