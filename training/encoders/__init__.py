@@ -35,7 +35,7 @@ def _register_optional_encoders() -> None:
     # Imported lazily so that a missing optional module cannot break the image path.
     import importlib
 
-    for module in ("training.encoders.vit", "training.encoders.mlp", "training.encoders.text"):
+    for module in ("training.encoders.vit", "training.encoders.mlp", "training.encoders.text", "training.encoders.projected"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as error:

@@ -12,10 +12,6 @@ from torch import nn
 
 from training.encoders import register_encoder
 
-# NOTE: imported for its registration of the ``projected`` encoder, which the image-text
-# towers use; this can go once training.encoders imports that module itself.
-from training.encoders import projected as _projected  # noqa: F401
-
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention whose padding keys get zero weight."""
