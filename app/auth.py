@@ -11,7 +11,7 @@ from app.errors import Unauthorized
 SCHEME = "bearer"
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """Raise Unauthorized (401) unless the request carries ``Authorization: Bearer <api_key>``.
 
     Does nothing when no key is configured. The token is compared in constant time so

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     on_model_error: Literal["skip", "fail"] = Field(
         "skip", description="skip an invalid artifact (logged) or fail start-up"
     )
-    torch_threads: int = Field(0, ge=0, le=1024, description="intra-op threads for inference; 0 picks the CPU count")
+    torch_threads: int = Field(0, ge=0, le=1024, description="intra-op threads for inference; 0 picks the CPU count minus one, at least one")
     preprocess_threads: int = Field(
         0, ge=0, le=256, description="threads that decode images and tokenize text; 0 picks min(4, CPU count)"
     )

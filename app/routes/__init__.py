@@ -19,7 +19,7 @@ from app.state import ServiceState
 T = TypeVar("T")
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     """Return the ServiceState the lifespan stored on the app."""
     return request.app.state.service
 
@@ -27,7 +27,7 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """Raise UnsupportedMediaType (415) unless the body is declared as JSON."""
     declared = request.headers.get("content-type")
     if declared:

@@ -35,7 +35,7 @@ async def create_embeddings(body: EmbeddingsRequest, request: Request, state: St
     return JSONResponse(embeddings_body(result, body.encoding_format))
 
 
-def require_multipart(request: Request) -> None:
+async def require_multipart(request: Request) -> None:
     """Raise UnsupportedMediaType (415) unless the body is multipart/form-data."""
     header = email.message.Message()
     header["content-type"] = request.headers.get("content-type", "")
