@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.training import helpers
+from tests.training.helpers import TINY_RESNET
 from training.artifact import load_artifact
 from training.config import TrainConfig
-from training.data import load_image_dataset
 from training.methods.byol import BYOL
 from training.optim import build_optimizer
 from training.trainer import Trainer, train
@@ -19,26 +20,8 @@ CPU = torch.device("cpu")
 
 
 def tiny_config(tmp_path: Path, **settings: object) -> TrainConfig:
-    values = {
-        "method": "byol",
-        "data": "digits",
-        "out": str(tmp_path / "model"),
-        "encoder": "resnet",
-        "encoder_depth": 10,
-        "encoder_width": 8,
-        "projection_dim": 16,
-        "projection_hidden_dim": 32,
-        "augment": "glyphs",
-        "device": "cpu",
-        "extra": {"run_dir": str(tmp_path / "run")},
-        **settings,
-    }
-    return TrainConfig(**values)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_image_dataset("digits").subset(torch.arange(64))
+    defaults = {**TINY_RESNET, "projection_dim": 16, "projection_hidden_dim": 32, "augment": "glyphs"}
+    return helpers.tiny_config(tmp_path, "byol", **{**defaults, **settings})
 
 
 def build(tmp_path: Path, digits, **settings: object) -> BYOL:

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.training import helpers
+from tests.training.helpers import TINY_RESNET
 from training.artifact import load_artifact
 from training.config import TrainConfig
-from training.data import load_image_dataset
 from training.losses.inpainting import masked_pixel_loss
 from training.methods.inpainting import ConvDecoder, Inpainting, inpainting_mask
 from training.trainer import train
@@ -19,25 +20,8 @@ CPU = torch.device("cpu")
 
 
 def tiny_config(tmp_path: Path, **settings: object) -> TrainConfig:
-    values = {
-        "method": "inpainting",
-        "data": "digits",
-        "out": str(tmp_path / "model"),
-        "encoder": "resnet",
-        "encoder_depth": 10,
-        "encoder_width": 8,
-        "decoder_width": 32,
-        "augment": "crop",
-        "device": "cpu",
-        "extra": {"run_dir": str(tmp_path / "run")},
-        **settings,
-    }
-    return TrainConfig(**values)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_image_dataset("digits").subset(torch.arange(64))
+    defaults = {**TINY_RESNET, "decoder_width": 32, "augment": "crop"}
+    return helpers.tiny_config(tmp_path, "inpainting", **{**defaults, **settings})
 
 
 def build(tmp_path: Path, digits, **settings: object) -> Inpainting:

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.training import helpers
+from tests.training.helpers import TINY_RESNET
 from training.artifact import load_artifact
 from training.config import TrainConfig
 from training.data import load_image_dataset
@@ -27,22 +29,8 @@ CPU = torch.device("cpu")
 
 
 def tiny_config(tmp_path: Path, **settings: object) -> TrainConfig:
-    values = {
-        "method": "jigsaw",
-        "data": "digits",
-        "out": str(tmp_path / "model"),
-        "encoder": "resnet",
-        "encoder_depth": 10,
-        "encoder_width": 8,
-        "projection_hidden_dim": 32,
-        "jigsaw_permutations": 20,
-        "image_size": 16,
-        "augment": "crop",
-        "device": "cpu",
-        "extra": {"run_dir": str(tmp_path / "run")},
-        **settings,
-    }
-    return TrainConfig(**values)
+    defaults = {**TINY_RESNET, "projection_hidden_dim": 32, "jigsaw_permutations": 20, "image_size": 16, "augment": "crop"}
+    return helpers.tiny_config(tmp_path, "jigsaw", **{**defaults, **settings})
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.training import helpers
 from training.artifact import load_artifact
 from training.config import TrainConfig
-from training.data import load_image_dataset
 from training.losses.mae import mae_loss
 from training.methods.mae import MAE
 from training.trainer import train
@@ -19,27 +19,8 @@ CPU = torch.device("cpu")
 
 
 def tiny_config(tmp_path: Path, **settings: object) -> TrainConfig:
-    values = {
-        "method": "mae",
-        "data": "digits",
-        "out": str(tmp_path / "model"),
-        "patch_size": 2,
-        "encoder_width": 32,
-        "encoder_depth": 1,
-        "heads": 2,
-        "decoder_width": 32,
-        "decoder_depth": 1,
-        "augment": "crop",
-        "device": "cpu",
-        "extra": {"run_dir": str(tmp_path / "run")},
-        **settings,
-    }
-    return TrainConfig(**values)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_image_dataset("digits").subset(torch.arange(64))
+    defaults = {"patch_size": 2, "encoder_width": 32, "encoder_depth": 1, "heads": 2, "decoder_width": 32, "decoder_depth": 1, "augment": "crop"}
+    return helpers.tiny_config(tmp_path, "mae", **{**defaults, **settings})
 
 
 def build(tmp_path: Path, digits, **settings: object) -> MAE:

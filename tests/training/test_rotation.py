@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.training import helpers
+from tests.training.helpers import TINY_RESNET
 from training.artifact import load_artifact
 from training.config import TrainConfig
-from training.data import load_image_dataset
 from training.methods.rotation import RotationPrediction, rotate_batch
 from training.trainer import train
 
@@ -18,25 +19,8 @@ CPU = torch.device("cpu")
 
 
 def tiny_config(tmp_path: Path, **settings: object) -> TrainConfig:
-    values = {
-        "method": "rotation",
-        "data": "digits",
-        "out": str(tmp_path / "model"),
-        "encoder": "resnet",
-        "encoder_depth": 10,
-        "encoder_width": 8,
-        "projection_hidden_dim": 32,
-        "augment": "crop",
-        "device": "cpu",
-        "extra": {"run_dir": str(tmp_path / "run")},
-        **settings,
-    }
-    return TrainConfig(**values)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_image_dataset("digits").subset(torch.arange(64))
+    defaults = {**TINY_RESNET, "projection_hidden_dim": 32, "augment": "crop"}
+    return helpers.tiny_config(tmp_path, "rotation", **{**defaults, **settings})
 
 
 def build(tmp_path: Path, digits, **settings: object) -> RotationPrediction:
