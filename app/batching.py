@@ -2,8 +2,8 @@
 
 Requests enqueue their preprocessed items in a bounded queue. One worker task per model
 takes up to ``max_batch_size`` items and waits at most ``max_wait_ms`` after the first
-one for more to arrive, except for a lone item right after a batch of one, which goes at
-once so that a client sending one request at a time pays no wait. It runs a single forward pass in a thread, never on the event
+one for more to arrive. A lone item right after a batch of one goes at once, so a client
+that sends one request at a time pays no wait. It runs a single forward pass in a thread, never on the event
 loop, and hands each request its rows once all of them are computed.
 """
 

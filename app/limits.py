@@ -28,9 +28,9 @@ def check_text_length(text: str, limit: int, where: str) -> None:
 class BodyLimitMiddleware:
     """ASGI middleware that responds 413 as soon as a request body passes ``max_bytes``.
 
-    A declared Content-Length above the limit is refused before any byte is read. A body
-    without one (chunked transfer encoding) is counted while it streams in and refused
-    the moment it crosses the limit, so the service never holds more than ``max_bytes``
+    A declared Content-Length above the limit is rejected before any byte is read. A body
+    without one (chunked transfer encoding) is counted while it streams in and rejected
+    the moment it crosses the limit, so the service never buffers more than ``max_bytes``
     of it. Bodies under the limit are buffered, then replayed to the app unchanged.
     """
 

@@ -135,7 +135,7 @@ class ModelRegistry:
         return [part.strip() for part in (self.default_model or "").split(",") if part.strip()]
 
     def is_default(self, model: LoadedModel) -> bool:
-        """Whether ``model`` is picked for its modality when a request names no model."""
+        """Return whether ``model`` is picked for its modality when a request names no model."""
         return self._default_among(self.of_modality(model.modality)) is model
 
     def _default_among(self, candidates: list[LoadedModel]) -> LoadedModel | None:

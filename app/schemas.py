@@ -78,8 +78,8 @@ def parse_item(raw: Any) -> ParsedItem:
 
 
 def _text_item(text: str) -> TextItem:
-    # Empty and whitespace-only texts pass the schema; embedding rejects them with a
-    # 400 that names the item, since they are well-formed but carry nothing to embed.
+    # Empty and whitespace-only texts are well-formed, so they pass the schema. Embedding
+    # rejects them with a 400 that names the item, because they carry nothing to embed.
     return TextItem(text)
 
 

@@ -47,7 +47,7 @@ class Architecture(BaseModel):
 
 
 class ImagePreprocessing(BaseModel):
-    """How the service turns a decoded image into the encoder's input.
+    """Preprocessing that turns a decoded image into the encoder's input.
 
     ``resize`` is ``resize_center_crop`` (shorter side to ``size``, then a centred
     square crop) or ``stretch`` (both sides to ``size``). Transparent pixels are

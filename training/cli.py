@@ -126,7 +126,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("artifact", help="artifact folder, such as models/NAME")
     parser.add_argument("--data", required=True, help="evaluation data (same formats as ssl-train)")
     parser.add_argument("--train-data", help="labelled reference data for kNN, probes and banks (default: a split of --data)")
-    parser.add_argument("--labels", help="for .jsonl data: the field that holds the label")
+    parser.add_argument("--labels", help="for .jsonl data: the field that contains the label")
     parser.add_argument("--text-field", default="text", help="for .jsonl data: the field(s) that hold the text, joined with '+'")
     parser.add_argument("--k", type=int, default=20, help="neighbours for kNN accuracy")
     parser.add_argument("--shots", type=int, default=5, help="labels per class for the few-label probe")

@@ -1,6 +1,6 @@
 """The resolved configuration of a training run.
 
-Every ``ssl-train`` flag is a field here; a ``--config`` file (YAML or TOML) sets the
+Every ``ssl-train`` flag is a field here. A ``--config`` file (YAML or TOML) sets the
 same names, and flags given on the command line win over the file.
 """
 

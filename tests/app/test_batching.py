@@ -174,7 +174,7 @@ def test_batcher_rejects_bad_arguments(image_model_settings: Settings, overrides
 async def test_lone_request_after_single_batch_skips_wait(image_model_settings: Settings) -> None:
     settings = image_model_settings.model_copy(update={"max_wait_ms": 1000})
     async with running_app(settings) as (_, client):
-        await embed_one(client, {"image": png_base64(1)})  # the first batch waits, then holds one item
+        await embed_one(client, {"image": png_base64(1)})  # the first batch waits, then contains one item
         started = time.monotonic()
         await embed_one(client, {"image": png_base64(2)})
         elapsed = time.monotonic() - started

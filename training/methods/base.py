@@ -1,8 +1,8 @@
 """The interface every self-supervised method implements.
 
 A method owns its encoder(s), heads and augmentations. The trainer hands it batches and
-steps the optimiser; the method turns a batch into named loss terms and, after training,
-hands back the encoders to export.
+steps the optimiser. The method turns a batch into named loss terms and, after training,
+returns the encoders to export.
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ def image_architecture(config: TrainConfig, channels: int, image_size: int, defa
 def default_patch_size(image_size: int) -> int:
     """Return the divisor of ``image_size`` nearest to ``image_size / 8``, at least 2 where possible.
 
-    About 8 x 8 patches keeps ViTs cheap on small images; a 1-pixel patch makes
-    per-patch pixel normalisation (MAE) meaningless, so it is used only for odd sizes.
+    About 8 x 8 patches keep ViTs cheap on small images. A 1-pixel patch makes per-patch
+    pixel normalisation (MAE) meaningless, so it is used only when no other divisor exists.
     """
     target = max(2.0, image_size / 8)
     divisors = [size for size in range(2, image_size // 2 + 1) if image_size % size == 0]
