@@ -35,7 +35,9 @@ Baselines from the same run:
 Budget: one epoch of the six methods is about 125 TFLOP of training, and embedding both
 splits with eight encoders about 45 TFLOP more, as counted by torch's FlopCounterMode. The
 script logs the counts for its own settings. At an estimated 35 to 50 GFLOP/s on 2 CPU
-cores that is 60 to 80 minutes, hence the default of 1 epoch. Pass ``--epochs`` on a GPU.
+cores that is 60 to 80 minutes, hence the default of 1 epoch. ``--method-epochs`` gives single
+methods more (the record below gives SimCLR and BYOL several), and ``--epochs`` all of them
+on a GPU.
 
     python -m bench.bench_quality                 # full: 6 methods, 1 epoch each
     python -m bench.bench_quality --quick         # simclr and rotation, 1000 train and 1000 test images, width 8
@@ -92,12 +94,17 @@ ESTIMATED_CPU_GFLOPS = 35.0
 # --- training and evaluation of one encoder ------------------------------------------------
 
 
+def epochs_for(method: str, args: argparse.Namespace) -> int:
+    """Return the training epochs of ``method``: its ``--method-epochs`` entry, else ``--epochs``."""
+    return args.method_epochs.get(method, args.epochs)
+
+
 def train_argv(method: str, args: argparse.Namespace, folder: Path) -> list[str]:
     """Return the ``ssl-train`` arguments that train ``method`` as this benchmark does."""
     width = args.vit_width if method == "mae" else args.width
     argv = [
         "--method", method, "--data", str(args.data_dir / TRAIN_FILE), "--out", str(folder / f"glyphs-{method}"),
-        "--run-dir", str(folder / f"run-{method}"), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+        "--run-dir", str(folder / f"run-{method}"), "--epochs", str(epochs_for(method, args)), "--batch-size", str(args.batch_size),
         "--encoder-width", str(width), "--augment", AUGMENTATIONS[method], "--holdout-fraction", "0",
         "--seed", str(args.seed), "--device", args.device,
     ]
@@ -350,15 +357,15 @@ def plan_budget(
     for method in dict.fromkeys([*methods, *baselines]):
         train_flops, embed_flops = flops_per_image(method, args, train_data, folder)
         if method in methods:
-            plan[f"train:{method}"] = train_flops * len(train_data) * args.epochs / 1e12
+            plan[f"train:{method}"] = train_flops * len(train_data) * epochs_for(method, args) / 1e12
             plan[f"embed:{method}"] = embed_flops * embedded / 1e12
         if method in baselines:
             plan[f"random_init:{method}"] = embed_flops * embedded / 1e12
     total = sum(plan.values())
     logger.info(
-        "budget: %d method(s) x %d epoch(s) x %d images, %.1f TFLOP training and %.1f TFLOP embedding, "
+        "budget: %d method(s), %d epoch(s) in all, of %d images, %.1f TFLOP training and %.1f TFLOP embedding, "
         "about %.0f min at an estimated %.0f GFLOP/s of 2 CPU cores, plus the probes",
-        len(methods), args.epochs, len(train_data),
+        len(methods), sum(epochs_for(method, args) for method in methods), len(train_data),
         sum(value for key, value in plan.items() if key.startswith("train:")),
         sum(value for key, value in plan.items() if not key.startswith("train:")),
         total * 1e3 / ESTIMATED_CPU_GFLOPS / 60, ESTIMATED_CPU_GFLOPS,
@@ -416,6 +423,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="simclr and rotation, 1000 train and 1000 test images, width 8, ViT width 48, no plain-protocol pixel row")
     parser.add_argument("--methods", nargs="+", choices=IMAGE_METHODS, help="methods to train (default: all six; --quick: simclr and rotation)")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs per method (default: 1)")
+    parser.add_argument(
+        "--method-epochs", nargs="+", default=[], metavar="METHOD=N",
+        help="epochs for single methods, overriding --epochs, such as simclr=6 byol=5",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="images per training step (default: 256)")
     parser.add_argument("--width", type=int, help="base width of the ResNet-18 (default: 32, --quick: 8)")
     parser.add_argument("--vit-width", type=int, help="width of MAE's ViT, a multiple of 12 (default: 192, --quick: 48)")
@@ -428,6 +439,7 @@ def parse_args() -> argparse.Namespace:
     for name, (full, quick) in MODE_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
+    args.method_epochs = parse_method_epochs(parser, args.method_epochs)
     if args.epochs < 1 or args.batch_size < 2 or args.width < 1:
         parser.error(f"--epochs and --width must be at least 1 and --batch-size at least 2, got {args.epochs}, {args.width} and {args.batch_size}")
     if args.vit_width < 12 or args.vit_width % 12:
@@ -440,15 +452,29 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def parse_method_epochs(parser: argparse.ArgumentParser, entries: list[str]) -> dict[str, int]:
+    """Return ``--method-epochs`` entries such as ``simclr=6`` as a dict, or stop with a usage error."""
+    epochs: dict[str, int] = {}
+    for entry in entries:
+        method, _, count = entry.partition("=")
+        if method not in IMAGE_METHODS or not count.isdigit() or int(count) < 1:
+            parser.error(f"--method-epochs takes METHOD=N with METHOD one of {', '.join(IMAGE_METHODS)} and N at least 1, got {entry!r}")
+        epochs[method] = int(count)
+    return epochs
+
+
 def command_line(args: argparse.Namespace) -> str:
     """Return the command that reproduces this run; options at their mode's defaults are left out."""
     parts = ["python -m bench.bench_quality"]
     defaults = {name: modes[1] if args.quick else modes[0] for name, modes in MODE_DEFAULTS.items()}
-    defaults.update(epochs=1, batch_size=256, seed=0, device="auto", data_dir=GLYPHS_DIR)
+    defaults.update(epochs=1, method_epochs={}, batch_size=256, seed=0, device="auto", data_dir=GLYPHS_DIR)
     for name, default in defaults.items():
         value = getattr(args, name)
         if value != default:
-            shown = " ".join(value) if isinstance(value, list) else str(value)
+            if isinstance(value, dict):
+                shown = " ".join(f"{key}={count}" for key, count in value.items())
+            else:
+                shown = " ".join(value) if isinstance(value, list) else str(value)
             parts.append(f"--{name.replace('_', '-')} {shown}")
     if args.quick:
         parts.append("--quick")
@@ -501,7 +527,8 @@ def main() -> None:
     record = {
         "command": command,
         "settings": {
-            "methods": args.methods, "epochs": args.epochs, "batch_size": args.batch_size, "resnet_width": args.width,
+            "methods": args.methods, "epochs": {method: epochs_for(method, args) for method in args.methods},
+            "batch_size": args.batch_size, "resnet_width": args.width,
             "vit_width": args.vit_width, "train_images": len(train_data), "test_images": len(test_data), "seed": args.seed,
             "device": args.device, "augmentations": {method: AUGMENTATIONS[method] for method in args.methods},
             "knn_k": KNN_K, "shots": SHOTS, "draws": DRAWS, "anomaly_k": ANOMALY_K,
