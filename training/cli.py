@@ -34,6 +34,13 @@ FLAG_HELP = {
     "log_every": "log a progress line every this many steps",
     "grad_clip": "clip the global gradient norm to this value (0 turns clipping off)",
     "sync_batch_norm": "synchronise BatchNorm statistics across ranks under torchrun (CUDA only)",
+    "text_dropout": (
+        "dropout of the text encoder, in [0, 1): mlm and simcse (default 0.1, as in BERT; "
+        "simcse needs more than 0) and clip's text tower (default 0.0)"
+    ),
+    "text_encoder_width": "width of clip's text tower (default 128); mlm and simcse use --encoder-width",
+    "text_encoder_depth": "transformer blocks in clip's text tower (default 2); mlm and simcse use --encoder-depth",
+    "text_heads": "attention heads in clip's text tower (default 4), a divisor of its width; mlm and simcse use --heads",
 }
 
 

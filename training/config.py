@@ -1,7 +1,8 @@
 """The resolved configuration of a training run.
 
-Every ``ssl-train`` flag is a field here. A ``--config`` file (YAML or TOML) sets the
-same names, and flags given on the command line win over the file.
+Every ``ssl-train`` flag is a field here. A ``--config`` file (YAML, TOML or JSON) sets
+the same names, and flags given on the command line win over the file. Files written
+before the text options became fields set them under ``extra``, which still works.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import yaml
 METHOD_NAMES = ("simclr", "byol", "mae", "rotation", "jigsaw", "inpainting", "mlm", "simcse", "clip")
 OPTIMIZER_NAMES = ("adamw", "sgd", "lars")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TEXT_METHOD_NAMES = ("mlm", "simcse", "clip")  # the methods with a text encoder
+TEXT_TOWER_FIELDS = ("text_encoder_width", "text_encoder_depth", "text_heads")
+# Text options that config files set under ``extra`` before they became fields.
+LEGACY_EXTRA_FIELDS = ("text_dropout", *TEXT_TOWER_FIELDS)
 
 
 @dataclass
@@ -82,11 +87,16 @@ class TrainConfig:
     lowercase: bool = True
     mlm_probability: float = 0.15
     init_from: str | None = None  # artifact or checkpoint to start the encoder from
+    text_dropout: float | None = None  # text encoder dropout in [0, 1); None: the method's default
 
     # image-text
     image_field: str | None = None
     caption_rule: str | None = None
     fonts_json: str | None = None
+    # sizes of clip's text tower, None for its defaults; mlm and simcse take encoder_width, encoder_depth and heads
+    text_encoder_width: int | None = None
+    text_encoder_depth: int | None = None
+    text_heads: int | None = None
 
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -98,6 +108,9 @@ class TrainConfig:
         return {f.name for f in dataclasses.fields(cls)}
 
     def __post_init__(self) -> None:
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be a mapping of settings, got {self.extra!r}")
+        self._take_legacy_extra()
         if self.method not in METHOD_NAMES:
             raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHOD_NAMES)}")
         if self.epochs < 1:
@@ -130,6 +143,47 @@ class TrainConfig:
             raise ValueError(f"log_every must be at least 1 step, got {self.log_every}")
         if self.limit is not None and self.limit < 2:
             raise ValueError(f"limit must be at least 2 samples, got {self.limit}")
+        self._check_text_options()
+
+    def _take_legacy_extra(self) -> None:
+        """Move the text options that older config files set under ``extra`` onto their fields.
+
+        A value set on the field itself, such as by a flag, wins over the one under ``extra``.
+        """
+        legacy = {name: self.extra[name] for name in LEGACY_EXTRA_FIELDS if name in self.extra}
+        self.extra = {name: value for name, value in self.extra.items() if name not in legacy}
+        for name, value in legacy.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
+    def _check_text_options(self) -> None:
+        """Validate the text dropout and the clip text tower sizes, and store the dropout as a float."""
+        if self.text_dropout is not None:
+            if not _is_number(self.text_dropout) or not 0.0 <= self.text_dropout < 1.0:
+                raise ValueError(f"text_dropout must be a number in [0, 1), got {self.text_dropout!r}")
+            self.text_dropout = float(self.text_dropout)
+            if self.method not in TEXT_METHOD_NAMES:
+                raise ValueError(
+                    f"text_dropout applies only to methods with a text encoder ({', '.join(TEXT_METHOD_NAMES)}), "
+                    f"not to {self.method}. Leave it unset."
+                )
+
+        tower = {name: getattr(self, name) for name in TEXT_TOWER_FIELDS if getattr(self, name) is not None}
+        for name, value in tower.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        width, heads = tower.get("text_encoder_width"), tower.get("text_heads")
+        if width is not None and heads is not None and width % heads:
+            raise ValueError(f"text_encoder_width {width} must be divisible by text_heads {heads}")
+        if tower and self.method != "clip":
+            raise ValueError(
+                f"the clip text tower options {', '.join(tower)} do not apply to {self.method}. "
+                "Set encoder_width, encoder_depth and heads to size its encoder."
+            )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -148,4 +202,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     unknown = set(values) - TrainConfig.field_names()
     if unknown:
         raise ValueError(f"{path} sets unknown options: {', '.join(sorted(unknown))}")
+    _check_legacy_extra(path, values)
     return values
+
+
+def _check_legacy_extra(path: Path, values: dict[str, Any]) -> None:
+    """Raise ValueError when ``values`` sets a text option both at the top level and, to another value, under ``extra``."""
+    extra = values.get("extra")
+    if not isinstance(extra, dict):
+        return
+    for name in LEGACY_EXTRA_FIELDS:
+        if name in extra and name in values and extra[name] != values[name]:
+            raise ValueError(
+                f"{path} sets {name} twice, {values[name]!r} at the top level and {extra[name]!r} under extra. "
+                "Remove the one under extra."
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import torch
@@ -24,10 +25,40 @@ from training.methods.text import (
 )
 from training.tokenizer import tokenize_batch, train_tokenizer
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_EMBEDDING_DIM = 128
 # Text tower sizes; captions are short, so the tower is smaller than a sentence encoder.
-# A config file overrides them with ``extra: {text_encoder_width: ..., ...}``.
+# The TrainConfig fields of the same names override them.
 TEXT_TOWER_DEFAULTS = {"text_encoder_width": 128, "text_encoder_depth": 2, "text_heads": 4, "text_dropout": 0.0}
+
+
+def text_tower_settings(config: TrainConfig) -> dict[str, Any]:
+    """Return the text tower's width, depth, heads and dropout: set in ``config``, else ``TEXT_TOWER_DEFAULTS``."""
+    settings = {
+        name: default if getattr(config, name) is None else getattr(config, name)
+        for name, default in TEXT_TOWER_DEFAULTS.items()
+    }
+    if settings["text_encoder_width"] % settings["text_heads"]:
+        raise ValueError(
+            f"clip's text tower width {settings['text_encoder_width']} must be divisible by its "
+            f"{settings['text_heads']} heads. Set --text-encoder-width to a multiple of --text-heads."
+        )
+    return settings
+
+
+def warn_ignored_tower_sizes(config: TrainConfig, pretrained: PretrainedText) -> None:
+    """Log a warning for each text tower size in ``config`` that differs from the pretrained tower, which keeps its own."""
+    kwargs = pretrained.architecture["kwargs"]
+    own = {"text_encoder_width": kwargs["width"], "text_encoder_depth": kwargs["depth"], "text_heads": kwargs["heads"]}
+    ignored = {name: getattr(config, name) for name, size in own.items() if getattr(config, name) not in (None, size)}
+    if ignored:
+        logger.warning(
+            "ignoring %s: the text tower keeps the sizes of init_from %s (%s)",
+            ", ".join(f"{name} {value}" for name, value in ignored.items()),
+            config.init_from,
+            ", ".join(f"{name} {own[name]}" for name in ignored),
+        )
 
 
 def projected(inner: dict[str, Any], embedding_dim: int) -> dict[str, Any]:
@@ -93,14 +124,15 @@ class CLIP(Method):
         channels, image_size = dataset.images.channels, dataset.images.image_size
         if config.init_from:
             pretrained = load_pretrained_text(config.init_from)
-            text_inner = warm_start_architecture(pretrained, None)
+            warn_ignored_tower_sizes(config, pretrained)
+            text_inner = warm_start_architecture(pretrained, None, config.text_dropout)
             return cls(config, channels, image_size, mean, std, pretrained.tokenizer, text_inner, pretrained.lowercase, pretrained)
         tokenizer = train_tokenizer(dataset.captions, config.vocab_size, config.lowercase)
-        sizes = {**TEXT_TOWER_DEFAULTS, **{key: config.extra[key] for key in TEXT_TOWER_DEFAULTS if key in config.extra}}
+        settings = text_tower_settings(config)
         text_inner = text_architecture(
             config, tokenizer.get_vocab_size(), None,
-            width=sizes["text_encoder_width"], depth=sizes["text_encoder_depth"], heads=sizes["text_heads"],
-            dropout=sizes["text_dropout"],
+            width=settings["text_encoder_width"], depth=settings["text_encoder_depth"], heads=settings["text_heads"],
+            dropout=settings["text_dropout"],
         )
         return cls(config, channels, image_size, mean, std, tokenizer, text_inner, config.lowercase)
 

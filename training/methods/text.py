@@ -159,8 +159,7 @@ def warm_start_architecture(
 class TextMethod(Method):
     """A method that trains one text encoder, ``self.encoder``, on tokenised texts.
 
-    The encoder's dropout is 0.1, as in BERT, unless a config file sets
-    ``extra: {text_dropout: P}``.
+    The encoder's dropout is 0.1, as in BERT, unless ``--text-dropout`` sets another.
     """
 
     modality = "text"
@@ -188,16 +187,11 @@ class TextMethod(Method):
             raise ValueError(f"text methods use the {TEXT_ENCODER} encoder, got --encoder {config.encoder!r}")
         if config.init_from:
             pretrained = load_pretrained_text(config.init_from)
-            dropout = config.extra.get("text_dropout")
-            architecture = warm_start_architecture(
-                pretrained, cls.exported_embedding_dim(config), float(dropout) if dropout is not None else None
-            )
+            architecture = warm_start_architecture(pretrained, cls.exported_embedding_dim(config), config.text_dropout)
             return cls(config, pretrained.tokenizer, architecture, pretrained.lowercase, pretrained)
         tokenizer = train_tokenizer(dataset.texts, config.vocab_size, config.lowercase)
-        architecture = text_architecture(
-            config, tokenizer.get_vocab_size(), cls.exported_embedding_dim(config),
-            dropout=float(config.extra.get("text_dropout", cls.default_dropout)),
-        )
+        dropout = config.text_dropout if config.text_dropout is not None else cls.default_dropout
+        architecture = text_architecture(config, tokenizer.get_vocab_size(), cls.exported_embedding_dim(config), dropout=dropout)
         return cls(config, tokenizer, architecture, config.lowercase)
 
     @classmethod
