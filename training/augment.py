@@ -175,12 +175,11 @@ def random_resized_crop(
     """Crop a random area fraction ``scale`` with aspect ``ratio`` from each image, resize.
 
     Each image gets its own box: an area, a log-uniform aspect and a position inside
-    the image. One ``affine_grid``/``grid_sample`` call applies all boxes, and a
-    horizontal flip is the sign of the x scale. A box wider or taller than the image is
-    cut to the image side, and the other side grows so the box keeps its sampled area.
+    the image. One ``grid_sample`` call applies all boxes, and a horizontal flip is the
+    sign of the x scale. A box wider or taller than the image is cut to the image side,
+    and the other side grows so the box keeps its sampled area.
     Returns (B, C, output_size, output_size).
     """
-    batch = images.shape[0]
     area = _uniform(images, scale[0], scale[1], generator).float()
     log_ratio = _uniform(images, math.log(ratio[0]), math.log(ratio[1]), generator).float()
     aspect = torch.exp(log_ratio)
@@ -194,14 +193,20 @@ def random_resized_crop(
     center_y = (_draw(images, generator) * 2 - 1) * (1 - height)
     flip = 1.0 - 2.0 * (_draw(images, generator) < flip_prob).float()
 
-    # affine_grid maps output coordinates in [-1, 1] to input coordinates.
-    theta = torch.zeros(batch, 2, 3, device=images.device, dtype=images.dtype)
-    theta[:, 0, 0] = width * flip
-    theta[:, 0, 2] = center_x
-    theta[:, 1, 1] = height
-    theta[:, 1, 2] = center_y
-    grid = F.affine_grid(theta, [batch, images.shape[1], output_size, output_size], align_corners=False)
+    # The grid maps output coordinates in [-1, 1] to input coordinates, as affine_grid
+    # does for the box's scale-and-shift matrix. Boxes are axis-aligned, so x depends on
+    # the column alone and y on the row alone: (B, 1, S) and (B, S, 1) broadcast to the
+    # grid (B, S, S, 2) without affine_grid's batched matrix product over every pixel.
+    base = _pixel_centres(output_size, images.device)  # (S,)
+    grid = torch.empty(images.shape[0], output_size, output_size, 2, device=images.device, dtype=images.dtype)
+    grid[..., 0] = (width * flip).view(-1, 1, 1) * base.view(1, 1, -1) + center_x.view(-1, 1, 1)
+    grid[..., 1] = height.view(-1, 1, 1) * base.view(1, -1, 1) + center_y.view(-1, 1, 1)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _pixel_centres(size: int, device: torch.device) -> torch.Tensor:
+    """Return the centres (size,) of ``size`` pixels in [-1, 1], as ``align_corners=False`` places them."""
+    return torch.linspace(-1.0, 1.0, size, device=device) * ((size - 1) / size)
 
 
 def to_grayscale(images: torch.Tensor) -> torch.Tensor:
@@ -210,32 +215,40 @@ def to_grayscale(images: torch.Tensor) -> torch.Tensor:
     return (images * weights).sum(dim=1, keepdim=True)
 
 
+ADJUSTMENTS = ("brightness", "contrast", "saturation", "hue")
+
+# RGB to YIQ, the NTSC colour space whose Y row is the ITU-R 601 luma. A hue shift
+# rotates the I and Q axes.
+RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
 def color_jitter(images: torch.Tensor, config: AugmentationConfig, generator: torch.Generator | None) -> torch.Tensor:
     """Jitter brightness, contrast, saturation and hue with per-sample factors and order.
 
     Each sample draws its own four factors and its own order of the four adjustments,
     as torchvision's ColorJitter does per image. The jittered image replaces the input
-    with probability ``config.color_jitter_prob``.
+    with probability ``config.color_jitter_prob``. Each of the four positions in the
+    order costs one pass over the batch, whichever adjustment each sample takes there.
     """
     apply = _draw(images, generator) < config.color_jitter_prob
     factors = {
-        "brightness": _uniform(images, 1 - config.brightness, 1 + config.brightness, generator).view(-1, 1, 1, 1),
-        "contrast": _uniform(images, 1 - config.contrast, 1 + config.contrast, generator).view(-1, 1, 1, 1),
-        "saturation": _uniform(images, 1 - config.saturation, 1 + config.saturation, generator).view(-1, 1, 1, 1),
+        "brightness": _uniform(images, 1 - config.brightness, 1 + config.brightness, generator),
+        "contrast": _uniform(images, 1 - config.contrast, 1 + config.contrast, generator),
+        "saturation": _uniform(images, 1 - config.saturation, 1 + config.saturation, generator),
         "hue": _uniform(images, -config.hue, config.hue, generator),
     }
     order = torch.argsort(_draw(images, generator, count=4), dim=1)  # (B, 4): adjustment index per position
-    adjustments = [name for name in ("brightness", "contrast", "saturation", "hue") if _changes(name, config, images)]
+    enabled = {name for name in ADJUSTMENTS if _changes(name, config, images)}
+    if not enabled:
+        return images
 
+    # a sample that skips the jitter takes no adjustment (index -1) at any position
+    order = torch.where(apply.view(-1, 1), order, -1)
+    hue_matrix = _hue_rotation(factors["hue"], images.dtype) if "hue" in enabled else None
     out = images
     for position in range(4):
-        chosen = order[:, position]
-        adjusted = out
-        for name in adjustments:
-            index = ("brightness", "contrast", "saturation", "hue").index(name)
-            adjusted = _where_sample(chosen == index, _adjust(name, out, factors[name]), adjusted)
-        out = adjusted
-    return _where_sample(apply, out, images)
+        out = _adjust_chosen(out, order[:, position], factors, enabled, hue_matrix)
+    return out
 
 
 def _changes(name: str, config: AugmentationConfig, images: torch.Tensor) -> bool:
@@ -245,39 +258,66 @@ def _changes(name: str, config: AugmentationConfig, images: torch.Tensor) -> boo
     return getattr(config, name) > 0
 
 
-def _adjust(name: str, images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    if name == "brightness":
-        return (images * factor).clamp(0, 1)
-    if name == "contrast":
-        mean = (to_grayscale(images) if images.shape[1] == 3 else images).mean(dim=(1, 2, 3), keepdim=True)
-        return ((images - mean) * factor + mean).clamp(0, 1)
-    if name == "saturation":
-        gray = to_grayscale(images)
-        return ((images - gray) * factor + gray).clamp(0, 1)
-    return _rotate_hue(images, factor)
+def _adjust_chosen(
+    images: torch.Tensor,
+    chosen: torch.Tensor,
+    factors: dict[str, torch.Tensor],
+    enabled: set[str],
+    hue_matrix: torch.Tensor | None,
+) -> torch.Tensor:
+    """Apply to each image (B, C, H, W) the adjustment whose index ``chosen`` (B,) names.
+
+    Brightness, contrast and saturation are all ``(x - shift) * factor + shift``: with
+    shift 0, the image's mean gray level, or each pixel's gray level. So one pass with
+    per-sample factors and shifts applies them. A sample whose chosen adjustment is off,
+    or whose index is -1, gets factor 1 and shift 0 and stays unchanged.
+    """
+    batch = images.shape[0]
+    scale = torch.ones(batch, dtype=images.dtype, device=images.device)
+    for index, name in enumerate(ADJUSTMENTS[:3]):
+        if name in enabled:
+            scale = torch.where(chosen == index, factors[name], scale)
+
+    shift = torch.zeros(batch, 1, 1, 1, dtype=images.dtype, device=images.device)
+    if enabled & {"contrast", "saturation"}:
+        gray = to_grayscale(images) if images.shape[1] == 3 else images  # (B, 1, H, W), or (B, C, H, W) if C != 3
+        if "contrast" in enabled:
+            mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+            shift = torch.where((chosen == 1).view(-1, 1, 1, 1), mean, shift)
+        if "saturation" in enabled:
+            shift = torch.where((chosen == 2).view(-1, 1, 1, 1), gray, shift)
+
+    out = (images - shift) * scale.view(-1, 1, 1, 1) + shift
+    if hue_matrix is not None:
+        out = torch.where((chosen == 3).view(-1, 1, 1, 1), _rotate_hue(images, hue_matrix), out)
+    return out.clamp_(0, 1)
 
 
-def _rotate_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate hue by ``shift`` (B,) turns, as a rotation about the gray axis in YIQ space.
+def _hue_rotation(shift: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Return the RGB matrices (B, 3, 3) that rotate hue by ``shift`` (B,) turns in YIQ space.
 
     This approximates torchvision's HSV hue shift: both turn colours around the gray
     axis and keep gray pixels unchanged.
     """
-    to_yiq = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=images.device
-    )
-    from_yiq = torch.linalg.inv(to_yiq)
+    # The constant inverse is computed on the CPU because torch.linalg.inv synchronises
+    # a CUDA device with the CPU (PyTorch documentation of torch.linalg.inv).
+    to_yiq = torch.tensor(RGB_TO_YIQ, dtype=torch.float64)
+    from_yiq = torch.linalg.inv(to_yiq).to(device=shift.device, dtype=torch.float32)
+    to_yiq = to_yiq.to(device=shift.device, dtype=torch.float32)
     angle = shift.float() * 2 * math.pi
     cos, sin = torch.cos(angle), torch.sin(angle)
-    rotation = torch.zeros(images.shape[0], 3, 3, device=images.device)
+    rotation = torch.zeros(shift.shape[0], 3, 3, device=shift.device)
     rotation[:, 0, 0] = 1
     rotation[:, 1, 1] = cos
     rotation[:, 1, 2] = -sin
     rotation[:, 2, 1] = sin
     rotation[:, 2, 2] = cos
-    matrix = (from_yiq @ rotation @ to_yiq).to(images.dtype)  # (B, 3, 3)
-    out = torch.einsum("bij,bjhw->bihw", matrix, images)
-    return out.clamp(0, 1)
+    return (from_yiq @ rotation @ to_yiq).to(dtype)
+
+
+def _rotate_hue(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Apply per-sample RGB matrices (B, 3, 3) to images (B, 3, H, W)."""
+    return torch.einsum("bij,bjhw->bihw", matrix, images)
 
 
 def gaussian_blur(

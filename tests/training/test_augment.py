@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training.augment import (
     PRESETS,
@@ -249,3 +251,65 @@ def test_preset_augmentation_applies_overrides() -> None:
 def test_config_rejects_invalid_settings(settings: dict) -> None:
     with pytest.raises(ValueError):
         AugmentationConfig(**settings)
+
+
+def test_crop_full_image_matches_bilinear_resize() -> None:
+    batch = images(size=16)
+    out = random_resized_crop(batch, (1.0, 1.0), (1.0, 1.0), 0.0, 8, seeded())
+    expected = F.interpolate(batch, size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+# RGB to YIQ, the colour space in which the hue rotation turns the I and Q axes.
+YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+
+
+def adjust_one(image: torch.Tensor, index: int, factor: float, hue: float) -> torch.Tensor:
+    """Apply adjustment ``index`` (brightness, contrast, saturation, hue) to one image (C, H, W)."""
+    rgb = image.shape[0] == 3
+    gray = (image * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(dim=0, keepdim=True) if rgb else image
+    if index == 0:
+        return (image * factor).clamp(0, 1)
+    if index == 1:
+        mean = gray.mean()
+        return ((image - mean) * factor + mean).clamp(0, 1)
+    if not rgb:
+        return image
+    if index == 2:
+        return ((image - gray) * factor + gray).clamp(0, 1)
+    angle = 2 * math.pi * hue
+    rotation = torch.tensor(
+        [[1.0, 0.0, 0.0], [0.0, math.cos(angle), -math.sin(angle)], [0.0, math.sin(angle), math.cos(angle)]],
+        dtype=torch.float64,
+    )
+    matrix = (torch.linalg.inv(YIQ) @ rotation @ YIQ).float()
+    return torch.einsum("ij,jhw->ihw", matrix, image).clamp(0, 1)
+
+
+def jitter_one_at_a_time(batch: torch.Tensor, config: AugmentationConfig, seed: int) -> torch.Tensor:
+    """Jitter each image on its own, drawing the parameters in the order color_jitter draws them."""
+    generator = seeded(seed)
+    size = batch.shape[0]
+    apply = torch.rand(size, generator=generator) < config.color_jitter_prob
+    strengths = (config.brightness, config.contrast, config.saturation)
+    factors = [1 - strength + 2 * strength * torch.rand(size, generator=generator) for strength in strengths]
+    hues = -config.hue + 2 * config.hue * torch.rand(size, generator=generator)
+    order = torch.argsort(torch.rand(size, 4, generator=generator), dim=1)
+    out = []
+    for sample in range(size):
+        image = batch[sample]
+        if apply[sample]:
+            for index in order[sample].tolist():
+                factor = float(factors[index][sample]) if index < 3 else 0.0
+                image = adjust_one(image, index, factor, float(hues[sample]))
+        out.append(image)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("preset", ["glyphs", "simclr_imagenet"])
+def test_color_jitter_matches_per_image_loop(preset: str, channels: int) -> None:
+    config = get_preset(preset)
+    batch = images(batch=64, channels=channels, size=6)
+    expected = jitter_one_at_a_time(batch, config, seed=3)
+    assert torch.allclose(color_jitter(batch, config, seeded(3)), expected, atol=1e-5)
