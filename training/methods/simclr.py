@@ -40,9 +40,11 @@ class SimCLR(ImageMethod):
         )
 
     def training_step(self, batch: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        views = [self.normalize(self.augmentation(batch, generator)) for _ in range(2)]
+        # Both views in one augmentation call: rows i and B + i of the (2B, C, H, W) batch
+        # are two independently augmented views of image i.
+        views = self.normalize(self.augmentation(batch.repeat(2, 1, 1, 1), generator))
         # One forward pass over both views: (2B, C, H, W) -> (2B, P).
-        projections = self.projection(self.encoder(torch.cat(views)))
+        projections = self.projection(self.encoder(views))
         view_a, view_b = projections.chunk(2)
         loss = nt_xent(view_a, view_b, self.temperature)
         return {"loss": loss}
