@@ -282,12 +282,11 @@ class Trainer:
         batch = self.method.make_batch(self.train_data, indices, self.device)
         with self._autocast():
             terms = self.model(batch, self.generator)
-        values = {name: float(value.detach()) for name, value in terms.items()}
-        local_flags = torch.tensor(
-            [float(not all(math.isfinite(value) for value in values.values())), float(self._stop_signal is not None)],
-            device=self.device,
-        )
-        non_finite, stop = all_reduce_max(local_flags).tolist()
+        values = _loss_values(terms)
+        local_flags = [float(not all(math.isfinite(value) for value in values.values())), float(self._stop_signal is not None)]
+        non_finite, stop = local_flags
+        if self.context.enabled:
+            non_finite, stop = all_reduce_max(torch.tensor(local_flags, device=self.device)).tolist()
         if non_finite:
             raise NonFiniteLossError(_non_finite_message(self.state.step, values, bool(local_flags[0])))
 
@@ -531,6 +530,12 @@ def _check_resumable(saved: dict[str, Any], current: TrainConfig, path: Path, lo
     if changed:
         details = ", ".join(f"{name} {saved.get(name)!r} -> {getattr(current, name)!r}" for name in changed)
         logger.warning("resuming %s with changed settings: %s", path, details)
+
+
+def _loss_values(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Return the scalar loss terms as Python floats, copied in one device-to-host transfer."""
+    stacked = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
+    return dict(zip(terms, stacked.tolist()))
 
 
 def _non_finite_message(step: int, values: dict[str, float], local: bool) -> str:

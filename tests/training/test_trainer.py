@@ -1,5 +1,6 @@
 import json
 import logging
+import math
 import os
 import signal
 
@@ -16,6 +17,7 @@ from training.trainer import (
     NonFiniteLossError,
     Trainer,
     TrainingInterrupted,
+    _loss_values,
     _steps_per_epoch,
     batch_indices,
     collapse_warning,
@@ -187,6 +189,20 @@ def test_non_finite_loss_names_loss_terms(tmp_path):
     trainer = build_trainer(small_config(tmp_path, lr=1e30, grad_clip=0.0), tmp_path / "run")
     with pytest.raises(NonFiniteLossError, match=r"loss=nan"):
         trainer.fit()
+
+
+def test_loss_values_one_float_per_term():
+    terms = {"loss": torch.tensor(1.5, dtype=torch.bfloat16), "reconstruction": torch.tensor([0.25]), "bad": torch.tensor(float("nan"))}
+    values = _loss_values(terms)
+    assert list(values) == ["loss", "reconstruction", "bad"]
+    assert values["loss"] == 1.5
+    assert values["reconstruction"] == 0.25
+    assert math.isnan(values["bad"])
+
+
+def test_loss_values_rejects_non_scalar_term():
+    with pytest.raises(RuntimeError):
+        _loss_values({"loss": torch.ones(2)})
 
 
 def test_run_dir_config_replays_as_config_file(tmp_path):
