@@ -10,6 +10,9 @@ side by side in one process:
 - ``per_image``: a per-image PIL pipeline in a DataLoader with 2 workers (crop, flip,
   colour jitter per image, then collate), the way most SSL libraries feed a model.
 
+``ours`` and ``bare`` take turns step by step and each reports the median step, so a
+load change during the run cannot favour the one that ran first.
+
     python -m bench.bench_training            # full: batch 256, widths 16 and 32, 32 and 96 px, 5 steps
     python -m bench.bench_training --quick    # under a minute
 """
@@ -20,7 +23,10 @@ import argparse
 import json
 import logging
 import random
+import statistics
+import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -69,6 +75,23 @@ def make_method(width: int, size: int, batch: int) -> SimCLR:
     return SimCLR(config, channels=1, image_size=size, mean=[0.2], std=[0.3])
 
 
+def alternate_steps(pipelines: dict[str, Callable[[], None]], steps: int, batch: int) -> dict[str, float]:
+    """Return image pairs per second of each pipeline from the median of ``steps`` timed steps.
+
+    The pipelines take turns step by step after one warm-up step each, so a change in the
+    machine's load during the run reaches all of them alike.
+    """
+    for function in pipelines.values():
+        function()
+    seconds: dict[str, list[float]] = {name: [] for name in pipelines}
+    for _ in range(steps):
+        for name, function in pipelines.items():
+            start = time.perf_counter()
+            function()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: batch / statistics.median(times) for name, times in seconds.items()}
+
+
 def measure(width: int, size: int, batch: int, steps: int, images: torch.Tensor) -> dict[str, float]:
     """Return image pairs per second for ours, bare and per_image at one setting."""
     torch.manual_seed(0)
@@ -99,14 +122,8 @@ def measure(width: int, size: int, batch: int, steps: int, images: torch.Tensor)
     def bare() -> None:
         step(premade)
 
-    results = {}
     method.train()
-    for name, function in (("ours", ours), ("bare", bare)):
-        function()
-        start = time.perf_counter()
-        for _ in range(steps):
-            function()
-        results[name] = steps * batch / (time.perf_counter() - start)
+    results = alternate_steps({"ours": ours, "bare": bare}, steps, batch)
 
     loader = DataLoader(
         PerImageViews(images[:, 0].numpy(), size), batch_size=batch, shuffle=True, num_workers=2,
@@ -154,7 +171,8 @@ def main() -> None:
         row["ours_vs_per_image"] = round(result["ours"] / result["per_image"], 3)
         logger.info("%s", row)
         rows.append(row)
-    path = write_result("training-quick" if args.quick else "training", {"command": "python -m bench.bench_training" + (" --quick" if args.quick else ""), "unit": "image pairs/s", "rows": rows})
+    command = " ".join(["python -m bench.bench_training", *sys.argv[1:]])
+    path = write_result("training-quick" if args.quick else "training", {"command": command, "unit": "image pairs/s", "rows": rows})
     print(json.dumps({"rows": rows, "record": str(path)}, indent=2))
 
 
