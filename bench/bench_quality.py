@@ -36,7 +36,7 @@ Budget: one epoch of the six methods is about 125 TFLOP of training, and embeddi
 splits with eight encoders about 45 TFLOP more, as counted by torch's FlopCounterMode. The
 script logs the counts for its own settings. At an estimated 35 to 50 GFLOP/s on 2 CPU
 cores that is 60 to 80 minutes, hence the default of 1 epoch. ``--method-epochs`` gives single
-methods more (the record below gives SimCLR and BYOL several), and ``--epochs`` all of them
+methods more (the recorded run gives SimCLR and BYOL several), and ``--epochs`` all of them
 on a GPU.
 
     python -m bench.bench_quality                 # full: 6 methods, 1 epoch each
@@ -440,6 +440,9 @@ def parse_args() -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     args.method_epochs = parse_method_epochs(parser, args.method_epochs)
+    not_run = sorted(set(args.method_epochs) - set(args.methods))
+    if not_run:
+        parser.error(f"--method-epochs names {', '.join(not_run)}, which --methods leaves out")
     if args.epochs < 1 or args.batch_size < 2 or args.width < 1:
         parser.error(f"--epochs and --width must be at least 1 and --batch-size at least 2, got {args.epochs}, {args.width} and {args.batch_size}")
     if args.vit_width < 12 or args.vit_width % 12:

@@ -11,7 +11,8 @@ side by side in one process:
   colour jitter per image, then collate), the way most SSL libraries feed a model.
 
 ``ours`` and ``bare`` take turns step by step and each reports the median step, so a
-load change during the run cannot favour the one that ran first.
+load change during the run cannot favour the one that ran first. ``per_image`` runs
+after them, because its DataLoader workers would compete with the other two for the cores.
 
     python -m bench.bench_training            # full: batch 256, widths 16 and 32, 32 and 96 px, 5 steps
     python -m bench.bench_training --quick    # under a minute

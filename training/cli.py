@@ -36,7 +36,7 @@ FLAG_HELP = {
     "sync_batch_norm": "synchronise BatchNorm statistics across ranks under torchrun (CUDA only)",
     "text_dropout": (
         "dropout of the text encoder, in [0, 1): mlm and simcse (default 0.1, as in BERT; "
-        "simcse needs more than 0) and clip's text tower (default 0.0)"
+        "simcse needs more than 0) and clip's text tower (default 0.0; with --init-from, the pretrained encoder's)"
     ),
     "text_encoder_width": "width of clip's text tower (default 128); mlm and simcse use --encoder-width",
     "text_encoder_depth": "transformer blocks in clip's text tower (default 2); mlm and simcse use --encoder-depth",

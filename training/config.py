@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+logger = logging.getLogger(__name__)
 
 METHOD_NAMES = ("simclr", "byol", "mae", "rotation", "jigsaw", "inpainting", "mlm", "simcse", "clip")
 OPTIMIZER_NAMES = ("adamw", "sgd", "lars")
@@ -153,7 +156,10 @@ class TrainConfig:
         legacy = {name: self.extra[name] for name in LEGACY_EXTRA_FIELDS if name in self.extra}
         self.extra = {name: value for name, value in self.extra.items() if name not in legacy}
         for name, value in legacy.items():
-            if getattr(self, name) is None:
+            if not _applies_to(name, self.method):
+                # older files shared between methods carried keys that other methods ignored
+                logger.warning("ignoring extra.%s: it does not apply to %s", name, self.method)
+            elif getattr(self, name) is None:
                 setattr(self, name, value)
 
     def _check_text_options(self) -> None:
@@ -180,6 +186,13 @@ class TrainConfig:
                 f"the clip text tower options {', '.join(tower)} do not apply to {self.method}. "
                 "Set encoder_width, encoder_depth and heads to size its encoder."
             )
+
+
+def _applies_to(name: str, method: str) -> bool:
+    """Return whether the text option ``name`` is used by ``method``."""
+    if name == "text_dropout":
+        return method in TEXT_METHOD_NAMES
+    return method == "clip"
 
 
 def _is_number(value: Any) -> bool:
@@ -212,7 +225,7 @@ def _check_legacy_extra(path: Path, values: dict[str, Any]) -> None:
     if not isinstance(extra, dict):
         return
     for name in LEGACY_EXTRA_FIELDS:
-        if name in extra and name in values and extra[name] != values[name]:
+        if name in extra and values.get(name) is not None and extra[name] != values[name]:
             raise ValueError(
                 f"{path} sets {name} twice, {values[name]!r} at the top level and {extra[name]!r} under extra. "
                 "Remove the one under extra."

@@ -204,7 +204,7 @@ def test_invalid_flag_exits_with_message(capsys):
 def test_help_names_methods_and_defaults():
     helps = {action.dest: action.help for action in _train_parser()._actions}
     assert f"mlm and simcse (default {TextMethod.default_dropout}" in helps["text_dropout"]
-    assert f"clip's text tower (default {TEXT_TOWER_DEFAULTS['text_dropout']})" in helps["text_dropout"]
+    assert f"clip's text tower (default {TEXT_TOWER_DEFAULTS['text_dropout']};" in helps["text_dropout"]
     assert f"clip's text tower (default {TEXT_TOWER_DEFAULTS['text_encoder_width']})" in helps["text_encoder_width"]
     assert f"clip's text tower (default {TEXT_TOWER_DEFAULTS['text_encoder_depth']})" in helps["text_encoder_depth"]
     assert f"clip's text tower (default {TEXT_TOWER_DEFAULTS['text_heads']})" in helps["text_heads"]
@@ -310,3 +310,27 @@ def test_shipped_clip_command_rebuilds_architecture(digits):
     assert method.text_architecture["kwargs"]["embedding_dim"] == shipped_text["kwargs"]["embedding_dim"]
     assert method.image_architecture == shipped_image
 
+
+
+def test_legacy_dropout_ignored_for_image_method(caplog):
+    with caplog.at_level(logging.WARNING, logger="training.config"):
+        config = TrainConfig(method="simclr", data="digits", out="out", extra={"text_dropout": 0.1})
+    assert config.text_dropout is None
+    assert "ignoring extra.text_dropout: it does not apply to simclr" in caplog.text
+
+
+def test_legacy_tower_size_ignored_for_simcse():
+    config = TrainConfig(method="simcse", data="texts.txt", out="out", extra={"text_encoder_width": 64})
+    assert config.text_encoder_width is None
+
+
+def test_null_top_level_beside_legacy_extra(tmp_path):
+    values = read_config_file(write_config(tmp_path, {"text_dropout": None, "extra": {"text_dropout": 0.3}}))
+    assert TrainConfig(method="simcse", data="texts.txt", out="out", **values).text_dropout == 0.3
+
+
+def test_clip_warm_start_from_projected_tower_raises(tmp_path, digits):
+    init_from = str(ROOT / "models" / "glyphs-clip-text")
+    config = tiny_config(tmp_path, "clip", caption_rule="the digit {label}", init_from=init_from, **TINY_IMAGE)
+    with pytest.raises(ValueError, match="text_transformer"):
+        CLIP.from_data(config, digit_pairs(digits))

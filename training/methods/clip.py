@@ -124,8 +124,8 @@ class CLIP(Method):
         channels, image_size = dataset.images.channels, dataset.images.image_size
         if config.init_from:
             pretrained = load_pretrained_text(config.init_from)
-            warn_ignored_tower_sizes(config, pretrained)
             text_inner = warm_start_architecture(pretrained, None, config.text_dropout)
+            warn_ignored_tower_sizes(config, pretrained)
             return cls(config, channels, image_size, mean, std, pretrained.tokenizer, text_inner, pretrained.lowercase, pretrained)
         tokenizer = train_tokenizer(dataset.captions, config.vocab_size, config.lowercase)
         settings = text_tower_settings(config)
