@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -404,11 +405,7 @@ def main() -> None:
                 continue
             results[modality] = bench_model(info, args, Path(temporary))
 
-    command = "python -m bench.bench_serving"
-    if args.text:
-        command += " --text"
-    if args.quick:
-        command += " --quick"
+    command = " ".join(["python -m bench.bench_serving", *sys.argv[1:]])
     record = {
         "command": command,
         "cores_note": (
