@@ -473,12 +473,15 @@ def command_line(args: argparse.Namespace) -> str:
     defaults.update(epochs=1, method_epochs={}, batch_size=256, seed=0, device="auto", data_dir=GLYPHS_DIR)
     for name, default in defaults.items():
         value = getattr(args, name)
-        if value != default:
-            if isinstance(value, dict):
-                shown = " ".join(f"{key}={count}" for key, count in value.items())
-            else:
-                shown = " ".join(value) if isinstance(value, list) else str(value)
-            parts.append(f"--{name.replace('_', '-')} {shown}")
+        if value == default:
+            continue
+        if isinstance(value, dict):
+            argument = " ".join(f"{key}={count}" for key, count in value.items())
+        elif isinstance(value, list):
+            argument = " ".join(value)
+        else:
+            argument = str(value)
+        parts.append(f"--{name.replace('_', '-')} {argument}")
     if args.quick:
         parts.append("--quick")
     return " ".join(parts)

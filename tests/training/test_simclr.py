@@ -30,7 +30,7 @@ def encoder_input(method: SimCLR, batch: torch.Tensor, seed: int = 0) -> torch.T
     return seen[0]
 
 
-def test_views_pair_row_i_with_row_b_plus_i(tmp_path: Path, digits) -> None:
+def test_views_pair_across_halves(tmp_path: Path, digits) -> None:
     method = build(tmp_path, digits, augment="none")
     batch = digits.batch(torch.arange(8), CPU)
     views = encoder_input(method, batch)
