@@ -33,6 +33,7 @@ FLAG_HELP = {
     "keep_checkpoints": "number of newest checkpoints to keep (0 keeps all)",
     "log_every": "log a progress line every this many steps",
     "grad_clip": "clip the global gradient norm to this value (0 turns clipping off)",
+    "predictor_lr_scale": "learning rate of BYOL's prediction head as a multiple of the schedule's (default 30)",
     "sync_batch_norm": "synchronise BatchNorm statistics across ranks under torchrun (CUDA only)",
     "text_dropout": (
         "dropout of the text encoder, in [0, 1): mlm and simcse (default 0.1, as in BERT; "

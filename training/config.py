@@ -74,6 +74,7 @@ class TrainConfig:
     projection_dim: int = 128
     projection_hidden_dim: int = 512
     momentum_base: float = 0.996
+    predictor_lr_scale: float = 30.0  # BYOL's prediction head learns this many times faster
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
     decoder_width: int = 128
@@ -131,6 +132,8 @@ class TrainConfig:
             raise ValueError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.predictor_lr_scale <= 0:
+            raise ValueError(f"predictor_lr_scale must be positive, got {self.predictor_lr_scale}")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
         if self.warmup_epochs < 0:

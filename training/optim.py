@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -11,34 +11,53 @@ from torch import nn
 from training.config import OPTIMIZER_NAMES
 
 
-def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def parameter_groups(
+    module: nn.Module, weight_decay: float, lr_scales: Mapping[nn.Module, float] | None = None
+) -> list[dict[str, Any]]:
     """Split trainable parameters into a decayed group and an undecayed one.
 
     Biases and normalisation weights (every parameter with fewer than 2 dimensions)
     get no weight decay and are excluded from LARS adaptation, as in You et al. (2017)
     and the SimCLR and BYOL recipes. Frozen parameters (momentum targets) are left out.
+    The parameters of each submodule in ``lr_scales`` form groups of their own whose
+    ``lr_scale`` multiplies the scheduled learning rate; empty groups are dropped.
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
-    decay, no_decay = [], []
+    scale_of: dict[int, float] = {}
+    for submodule, scale in (lr_scales or {}).items():
+        if scale <= 0:
+            raise ValueError(f"learning-rate scales must be positive, got {scale}")
+        scale_of.update((id(parameter), scale) for parameter in submodule.parameters())
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for parameter in module.parameters():
         if not parameter.requires_grad:
             continue
-        (no_decay if parameter.ndim < 2 else decay).append(parameter)
+        key = (scale_of.get(id(parameter), 1.0), parameter.ndim >= 2)
+        groups.setdefault(key, []).append(parameter)
     return [
-        {"params": decay, "weight_decay": weight_decay, "lars": True},
-        {"params": no_decay, "weight_decay": 0.0, "lars": False},
+        {"params": params, "weight_decay": weight_decay if decayed else 0.0, "lars": decayed, "lr_scale": scale}
+        for (scale, decayed), params in sorted(groups.items(), key=lambda item: (item[0][0], not item[0][1]))
     ]
 
 
-def build_optimizer(module: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    module: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    lr_scales: Mapping[nn.Module, float] | None = None,
+) -> torch.optim.Optimizer:
     """Build optimiser ``name`` (adamw, sgd or lars) over the trainable parameters of ``module``.
 
-    The trainer overwrites each group's learning rate every step from the schedule.
+    The trainer overwrites each group's learning rate every step from the schedule, times
+    the group's ``lr_scale`` (see parameter_groups).
     """
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
-    groups = parameter_groups(module, weight_decay)
+    groups = parameter_groups(module, weight_decay, lr_scales)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     if name == "sgd":

@@ -191,7 +191,9 @@ class Trainer:
         self.config = _resolved_config(config, method)
         self.model = self._wrap_for_training(method)  # before the optimiser: SyncBatchNorm swaps modules
         self.base_lr = self.config.lr
-        self.optimizer = build_optimizer(method, self.config.optimizer, self.base_lr, self.config.weight_decay)
+        self.optimizer = build_optimizer(
+            method, self.config.optimizer, self.base_lr, self.config.weight_decay, lr_scales=method.lr_scales()
+        )
         self.autocast_dtype = resolve_precision(config.precision, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.generator = torch.Generator(device=device)

@@ -48,6 +48,23 @@ def test_optimizer_skips_target(tmp_path: Path, digits) -> None:
     assert not optimised & {id(p) for p in method.target_parameters()}
 
 
+def test_prediction_head_learns_faster(tmp_path: Path, digits) -> None:
+    method = build(tmp_path, digits, predictor_lr_scale=10.0, warmup_epochs=0.0, batch_size=16)
+    trainer = Trainer(method.config, method, digits, None, CPU, tmp_path / "run")
+    trainer.train_step(torch.arange(16))
+    prediction = {id(p) for p in method.prediction.parameters()}
+    rates = {}
+    for group in trainer.optimizer.param_groups:
+        in_head = {id(p) in prediction for p in group["params"]}
+        assert len(in_head) == 1  # each group is all head parameters or none of them
+        rates.setdefault(in_head.pop(), set()).add(group["lr"])
+    assert len(rates[False]) == 1
+    assert len(rates[True]) == 1
+    head_rate, rest_rate = rates[True].pop(), rates[False].pop()
+    assert rest_rate > 0
+    assert head_rate == pytest.approx(10 * rest_rate)
+
+
 def test_target_starts_as_online_copy(tmp_path: Path, digits) -> None:
     method = build(tmp_path, digits)
     for online, target in zip(method.encoder.parameters(), method.target_encoder.parameters()):
@@ -123,6 +140,12 @@ def test_batch_of_one(tmp_path: Path, digits) -> None:
 def test_rejects_invalid_momentum(tmp_path: Path, digits) -> None:
     with pytest.raises(ValueError, match="momentum_base"):
         build(tmp_path, digits, momentum_base=1.5)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0])
+def test_rejects_non_positive_predictor_scale(tmp_path: Path, scale: float) -> None:
+    with pytest.raises(ValueError, match="predictor_lr_scale"):
+        tiny_config(tmp_path, predictor_lr_scale=scale)
 
 
 def test_trains_with_partial_batch_and_exports(tmp_path: Path) -> None:

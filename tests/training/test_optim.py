@@ -121,3 +121,36 @@ def test_build_optimizer_rejects_unknown_name():
 def test_build_optimizer_rejects_non_positive_lr():
     with pytest.raises(ValueError, match="lr must be positive"):
         build_optimizer(small_network(), "sgd", lr=0.0, weight_decay=0.0)
+
+
+def test_scaled_submodules_get_own_groups():
+    network = small_network()
+    groups = parameter_groups(network, 0.1, lr_scales={network[3]: 10.0})
+    by_key = {(group["lr_scale"], group["weight_decay"]): {id(p) for p in group["params"]} for group in groups}
+    assert by_key == {
+        (1.0, 0.1): {id(network[0].weight)},
+        (1.0, 0.0): {id(network[0].bias), id(network[1].weight), id(network[1].bias), id(network[4].weight), id(network[4].bias)},
+        (10.0, 0.1): {id(network[3].weight)},
+        (10.0, 0.0): {id(network[3].bias)},
+    }
+
+
+def test_non_positive_scale_rejected():
+    network = small_network()
+    with pytest.raises(ValueError, match="scales must be positive"):
+        parameter_groups(network, 0.1, lr_scales={network[3]: 0.0})
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "lars"])
+def test_scaled_group_steps_further(name):
+    # Two identical layers get the same gradient, and one learns 10 times faster.
+    network = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
+    with torch.no_grad():
+        network[1].weight.copy_(network[0].weight)
+    optimizer = build_optimizer(network, name, lr=0.01, weight_decay=0.0, lr_scales={network[1]: 10.0})
+    assert sorted(group["lr"] for group in optimizer.param_groups) == pytest.approx([0.01, 0.1])
+    before = network[0].weight.detach().clone()
+    for parameter in network.parameters():
+        parameter.grad = torch.full_like(parameter, 0.5)
+    optimizer.step()
+    torch.testing.assert_close(network[1].weight.detach() - before, 10 * (network[0].weight.detach() - before))

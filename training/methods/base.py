@@ -62,6 +62,10 @@ class Method(nn.Module):
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Update state that is not trained by gradients (momentum encoders)."""
 
+    def lr_scales(self) -> dict[nn.Module, float]:
+        """Return submodules whose learning rate is a multiple of the schedule's; the rest use 1."""
+        return {}
+
     @torch.no_grad()
     def embed(self, batch: Any) -> torch.Tensor:
         """Return the exported embedding (B, D) of clean, unaugmented inputs."""
