@@ -54,6 +54,8 @@ class DynamicBatcher:
         max_queue_items: maximum queued items; past it ``submit`` raises Overloaded.
         metrics: where queue depth, batch sizes and inference times go.
         torch_threads: intra-op threads of the inference thread; 0 keeps torch's setting.
+        large_batch_threads: intra-op threads for batches of at least ``large_batch_items``.
+        large_batch_items: the batch size from which ``large_batch_threads`` apply; 0 never.
     """
 
     model: LoadedModel
@@ -62,11 +64,14 @@ class DynamicBatcher:
     max_queue_items: int
     metrics: ServiceMetrics
     torch_threads: int = 0
+    large_batch_threads: int = 0
+    large_batch_items: int = 0
     _queue: deque[_Entry] = field(default_factory=deque, init=False)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _worker: asyncio.Task[None] | None = field(default=None, init=False)
     _executor: ThreadPoolExecutor | None = field(default=None, init=False)
     _last_batch_size: int = field(default=0, init=False)
+    _initial_threads: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -89,11 +94,7 @@ class DynamicBatcher:
         """Start the worker task and its inference thread on the running event loop."""
         if self._worker is not None:
             raise RuntimeError(f"batcher of model {self.model.id} is already started")
-        initializer = torch.set_num_threads if self.torch_threads else None
-        initargs = (self.torch_threads,) if self.torch_threads else ()
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"infer-{self.model.id}", initializer=initializer, initargs=initargs
-        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.model.id}")
         self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.model.id}")
         self._worker.add_done_callback(self._on_worker_done)
         self.metrics.queue_depth.labels(model=self.model.id).set_function(lambda: self.queue_depth)
@@ -214,7 +215,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            embeddings = await loop.run_in_executor(self._executor, self.model.encode, [entry.input for entry in batch])
+            embeddings = await loop.run_in_executor(self._executor, self._encode, [entry.input for entry in batch])
         except Exception as error:  # any failure of the forward pass ends this batch only
             logger.exception("model %s: forward pass over %d items failed", self.model.id, len(batch))
             _fail_entries(batch, self._describe_failure(error))
@@ -226,6 +227,26 @@ class DynamicBatcher:
         logger.debug("model %s: batch of %d in %.1f ms", self.model.id, len(batch), elapsed * 1000)
 
         self._deliver(batch, embeddings)
+
+    def threads_for(self, batch_size: int) -> int:
+        """Return the intra-op threads for a batch of ``batch_size`` items (0: torch's setting).
+
+        A small batch leaves a core to the event loop, which then reads and replies to
+        requests while the model runs. A large batch means requests are queueing, so the
+        forward pass is the bottleneck and may take every core.
+        """
+        if self.large_batch_items and self.large_batch_threads and batch_size >= self.large_batch_items:
+            return self.large_batch_threads
+        return self.torch_threads
+
+    def _encode(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Run the model on ``inputs`` in the inference thread, with the threads their batch size calls for."""
+        if not self._initial_threads:
+            self._initial_threads = torch.get_num_threads()
+        threads = self.threads_for(len(inputs)) or self._initial_threads
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)  # this thread's count: other models' threads keep theirs
+        return self.model.encode(inputs)
 
     def _deliver(self, batch: list[_Entry], embeddings: torch.Tensor) -> None:
         """Hand each entry its row of ``embeddings`` (B, D), failing requests whose rows are unusable.

@@ -70,7 +70,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.service = state
     _warn_about_exposure(settings)
 
-    torch_threads = configure_threads(settings)
+    torch_threads, large_batch_threads = configure_threads(settings)
     state.preprocess_executor = ThreadPoolExecutor(
         max_workers=settings.preprocess_threads or min(MAX_AUTO_PREPROCESS_THREADS, available_cpus()),
         thread_name_prefix="preprocess",
@@ -87,6 +87,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 max_queue_items=settings.max_queue_items,
                 metrics=state.metrics,
                 torch_threads=torch_threads,
+                large_batch_threads=large_batch_threads,
+                large_batch_items=settings.large_batch_items,
             )
             batcher.start()
             state.batchers[model.id] = batcher
@@ -117,20 +119,23 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def configure_threads(settings: Settings) -> int:
-    """Set torch's intra-op threads and return the count.
+def configure_threads(settings: Settings) -> tuple[int, int]:
+    """Set torch's intra-op threads; return the counts for small and for large batches.
 
-    The default is one thread per available CPU but one, at least one: the forward passes
-    of a model run one at a time, and the remaining core keeps the event loop, image
-    decoding and tokenising responsive. On 2 cores, 1 thread served the 32 px glyphs model
-    at 156 requests/s against 102 with 2 threads (one image per request, concurrency 1).
+    By default a batch of fewer than ``large_batch_items`` runs on one thread per CPU but
+    one, at least one: the remaining core keeps the event loop, image decoding and
+    tokenising responsive. On 2 cores, 1 thread served the 32 px glyphs model at 156
+    requests/s against 102 with 2 threads (one image per request, concurrency 1). A
+    larger batch means that requests are queueing behind the model, so it gets every CPU.
 
-    NOTE: models busy at the same moment each use up to this many threads. Several busy
-    models can then oversubscribe the CPUs, so set torch_threads lower for such loads.
+    NOTE: models busy at the same moment each use up to these many threads. Several busy
+    models can then oversubscribe the CPUs, so set both counts lower for such loads.
     """
-    threads = settings.torch_threads or max(1, available_cpus() - 1)
+    cpus = available_cpus()
+    threads = settings.torch_threads or max(1, cpus - 1)
+    large_batch_threads = settings.large_batch_threads or (settings.torch_threads or cpus)
     torch.set_num_threads(threads)
-    return threads
+    return threads, large_batch_threads
 
 
 def _warn_about_exposure(settings: Settings) -> None:

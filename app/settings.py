@@ -52,7 +52,21 @@ class Settings(BaseSettings):
     on_model_error: Literal["skip", "fail"] = Field(
         "skip", description="skip an invalid artifact (logged) or fail start-up"
     )
-    torch_threads: int = Field(0, ge=0, le=1024, description="intra-op threads for inference; 0 picks the CPU count minus one, at least one")
+    torch_threads: int = Field(
+        0, ge=0, le=1024, description="intra-op threads for inference; 0 picks the CPU count minus one, at least one"
+    )
+    large_batch_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description=(
+            "intra-op threads for batches of at least large_batch_items; 0 picks the CPU count when torch_threads "
+            "is 0 too, else torch_threads"
+        ),
+    )
+    large_batch_items: int = Field(
+        8, ge=0, le=4096, description="batch size from which large_batch_threads apply; 0 never"
+    )
     preprocess_threads: int = Field(
         0, ge=0, le=256, description="threads that decode images and tokenize text; 0 picks min(4, CPU count)"
     )

@@ -179,3 +179,42 @@ async def test_lone_request_after_single_batch_skips_wait(image_model_settings: 
         await embed_one(client, {"image": png_base64(2)})
         elapsed = time.monotonic() - started
     assert elapsed < 0.5
+
+
+def test_threads_switch_at_large_batch(image_model_settings: Settings) -> None:
+    model = load_model(image_model_settings.models_dir / IMAGE_MODEL, torch.device("cpu"), torch.float32, set())
+    arguments = {"max_batch_size": 32, "max_wait_ms": 1.0, "max_queue_items": 64, "metrics": ServiceMetrics()}
+    batcher = DynamicBatcher(model, torch_threads=1, large_batch_threads=3, large_batch_items=8, **arguments)
+    assert [batcher.threads_for(size) for size in (1, 7, 8, 32)] == [1, 1, 3, 3]
+    never = DynamicBatcher(model, torch_threads=1, large_batch_threads=3, large_batch_items=0, **arguments)
+    assert never.threads_for(32) == 1
+
+
+async def test_large_batches_use_own_threads(image_model_settings: Settings) -> None:
+    model = load_model(image_model_settings.models_dir / IMAGE_MODEL, torch.device("cpu"), torch.float32, set())
+    seen: list[tuple[int, int]] = []  # (batch size, threads inside the forward pass)
+    encode = model.encode
+
+    def recording_encode(inputs: list[torch.Tensor]) -> torch.Tensor:
+        seen.append((len(inputs), torch.get_num_threads()))
+        return encode(inputs)
+
+    model.encode = recording_encode
+    caller_threads = torch.get_num_threads()
+    batcher = DynamicBatcher(
+        model, max_batch_size=8, max_wait_ms=1.0, max_queue_items=64, metrics=ServiceMetrics(),
+        torch_threads=1, large_batch_threads=2, large_batch_items=4,
+    )
+    preprocessing = model.image_preprocessing
+    image = torch.rand(preprocessing.channels, preprocessing.size, preprocessing.size)  # (C, H, W)
+    batcher.start()
+    try:
+        small = await batcher.submit([image])
+        large = await batcher.submit([image] * 4)
+        again = await batcher.submit([image])
+    finally:
+        await batcher.stop()
+    assert seen == [(1, 1), (4, 2), (1, 1)]
+    assert torch.get_num_threads() == caller_threads  # only the inference thread changed
+    torch.testing.assert_close(large, small.expand(4, -1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, small)

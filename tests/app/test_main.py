@@ -16,7 +16,8 @@ import httpx
 import pytest
 import torch
 
-from app.main import create_app
+from app import main as app_main
+from app.main import configure_threads, create_app
 from app.registry import ModelLoadError, resolve_device
 from app.settings import Settings
 from tests.app.conftest import IMAGE_MODEL
@@ -170,3 +171,22 @@ def test_ssl_serve_command(image_model_settings: Settings) -> None:
         server.wait(timeout=30)
         server.stdout.close()
     assert server.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({}, (3, 4)),  # small batches leave a core to the event loop, large ones take all
+        ({"torch_threads": 2}, (2, 2)),  # a fixed count applies to every batch
+        ({"large_batch_threads": 5}, (3, 5)),
+        ({"torch_threads": 1, "large_batch_threads": 4}, (1, 4)),
+    ],
+)
+def test_configure_threads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, values: dict, expected: tuple) -> None:
+    monkeypatch.setattr(app_main, "available_cpus", lambda: 4)
+    previous = torch.get_num_threads()
+    try:
+        assert configure_threads(Settings(models_dir=tmp_path, **values)) == expected
+        assert torch.get_num_threads() == expected[0]
+    finally:
+        torch.set_num_threads(previous)
