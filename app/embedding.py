@@ -23,11 +23,15 @@ from app.preprocess import decode_image_item
 from app.registry import LoadedModel
 from app.schemas import EmbeddingItem, ImageItem, ParsedItem, TextItem
 from app.state import ServiceState
+from training.artifact import ImagePreprocessing
 from training.tokenizer import tokenize_batch
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Encoded image bytes that one preprocessing task decodes before the next item gets a task of its own.
+DECODE_GROUP_BYTES = 64 * 1024
 
 
 @dataclass
@@ -245,14 +249,52 @@ async def _preprocess(
 
     prep = model.image_preprocessing
     max_pixels = state.settings.max_image_pixels
-    decoded = await asyncio.gather(
-        *(loop.run_in_executor(executor, decode_image_item, item.image, prep, max_pixels) for item in items),
-        return_exceptions=True,
+    groups = decode_groups([len(item.image) for item in items])
+    decoded_groups = await asyncio.gather(
+        *(
+            loop.run_in_executor(executor, _decode_images, [items[i].image for i in group], prep, max_pixels)
+            for group in groups
+        )
     )
+    decoded = [result for results in decoded_groups for result in results]
     for name, result in zip(where, decoded):
         if isinstance(result, BaseException):
             raise _item_error(result, name)
-    return list(decoded), [0] * len(items), [False] * len(items)
+    return decoded, [0] * len(items), [False] * len(items)
+
+
+def decode_groups(sizes: Sequence[int], group_bytes: int = DECODE_GROUP_BYTES) -> list[list[int]]:
+    """Split item indices 0..N-1 into runs of consecutive items, each decoded by one pool task.
+
+    A run closes once its items' encoded sizes reach ``group_bytes``. Small images then
+    share one thread hop, whose cost is larger than their decoding, while large ones get
+    a task each and decode in parallel.
+    """
+    groups: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for index, size in enumerate(sizes):
+        current.append(index)
+        total += size
+        if total >= group_bytes:
+            groups.append(current)
+            current, total = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _decode_images(
+    values: list[str | bytes], prep: ImagePreprocessing, max_pixels: int
+) -> list[torch.Tensor | Exception]:
+    """Decode each image of ``values`` to (C, H, W); an item that fails gives its exception instead."""
+    decoded: list[torch.Tensor | Exception] = []
+    for value in values:
+        try:
+            decoded.append(decode_image_item(value, prep, max_pixels))
+        except Exception as error:  # reported per item by the caller, with the item's position
+            decoded.append(error)
+    return decoded
 
 
 def _tokenize(model: LoadedModel, texts: list[str]) -> tuple[list[torch.Tensor], list[int], list[bool]]:

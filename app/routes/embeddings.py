@@ -7,11 +7,11 @@ import email.message
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse
 
 from app.embedding import EmbedResult, embed_items, items_modality, resolve_model
 from app.errors import InvalidInput, UnsupportedMediaType
 from app.limits import check_item_count
+from app.responses import FastJSONResponse
 from app.routes import JsonBody, StateDep, cancel_on_disconnect
 from app.schemas import EmbeddingsRequest, EmbeddingsResponse, ImageItem
 
@@ -22,7 +22,7 @@ GENERIC_UPLOAD_TYPES = {"application/octet-stream", ""}
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=[JsonBody])
-async def create_embeddings(body: EmbeddingsRequest, request: Request, state: StateDep) -> JSONResponse:
+async def create_embeddings(body: EmbeddingsRequest, request: Request, state: StateDep) -> FastJSONResponse:
     """Embed texts or images; request and response follow OpenAI's embeddings API."""
     check_item_count(len(body.input), state.settings.max_items_per_request)
     modality = items_modality(body.input, "input", allow_vectors=False)
@@ -32,7 +32,7 @@ async def create_embeddings(body: EmbeddingsRequest, request: Request, state: St
 
     work = embed_items(state, model.id, body.input, normalize=body.normalize)
     result = await cancel_on_disconnect(request, work)
-    return JSONResponse(embeddings_body(result, body.encoding_format))
+    return FastJSONResponse(embeddings_body(result, body.encoding_format))
 
 
 async def require_multipart(request: Request) -> None:
@@ -52,7 +52,7 @@ async def upload_embeddings(
     model: Annotated[str | None, Form(description="model id; optional when one image model fits")] = None,
     encoding_format: Annotated[Literal["float", "base64"], Form()] = "float",
     normalize: Annotated[bool | None, Form()] = None,
-) -> JSONResponse:
+) -> FastJSONResponse:
     """Embed uploaded image files; the response is the same as for POST /v1/embeddings."""
     check_item_count(len(files), state.settings.max_items_per_request, "files")
     items = []
@@ -64,7 +64,7 @@ async def upload_embeddings(
 
     work = embed_items(state, model or None, items, field="files", normalize=normalize)
     result = await cancel_on_disconnect(request, work)
-    return JSONResponse(embeddings_body(result, encoding_format))
+    return FastJSONResponse(embeddings_body(result, encoding_format))
 
 
 def embeddings_body(result: EmbedResult, encoding_format: str) -> dict[str, Any]:

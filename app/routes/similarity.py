@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from app.embedding import embed_with_model, l2_normalize, run_with_timeout
 from app.errors import InvalidInput, PayloadTooLarge
 from app.limits import check_item_count
 from app.registry import LoadedModel
+from app.responses import FastJSONResponse
 from app.routes import JsonBody, StateDep, cancel_on_disconnect
 from app.schemas import EmbeddingItem, ParsedItem, SimilarityRequest, SimilarityResponse
 from app.state import ServiceState
@@ -25,7 +25,7 @@ MAX_SCORES = 1_000_000
 
 
 @router.post("/v1/similarity", response_model=SimilarityResponse, dependencies=[JsonBody])
-async def similarity(body: SimilarityRequest, request: Request, state: StateDep) -> JSONResponse:
+async def similarity(body: SimilarityRequest, request: Request, state: StateDep) -> FastJSONResponse:
     """Score every query against every candidate by cosine similarity.
 
     Items of different modalities are compared only when their models share a space.
@@ -50,7 +50,7 @@ async def similarity(body: SimilarityRequest, request: Request, state: StateDep)
     content: dict[str, Any] = {"models": sorted(model.id for model in models.values()), "scores": scores.tolist()}
     if body.top_k is not None:
         content["matches"] = top_matches(scores, body.top_k)
-    return JSONResponse(content)
+    return FastJSONResponse(content)
 
 
 def resolve_space(state: ServiceState, model_id: str | None, items: Sequence[ParsedItem]) -> dict[str, LoadedModel]:

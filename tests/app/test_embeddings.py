@@ -9,7 +9,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fastapi.responses import JSONResponse
 
+from app.embedding import DECODE_GROUP_BYTES, decode_groups
+from app.responses import FastJSONResponse
 from app.settings import Settings
 from training.artifact import load_artifact
 from training.tokenizer import tokenize_batch
@@ -318,3 +321,51 @@ async def test_embeddings_blank_text_names_index(tmp_path: Path, models_dir: Pat
         response = await client.post("/v1/embeddings", json={"input": ["fine", text]})
     assert response.status_code == 400
     assert response.json()["error"]["message"] == "input[1]: text is empty or whitespace only"
+
+
+@pytest.mark.parametrize(
+    ("sizes", "groups"),
+    [
+        ([], []),
+        ([100, 100, 100], [[0, 1, 2]]),  # small images share one pool task
+        ([70_000, 10, 70_000, 10], [[0], [1, 2], [3]]),  # a run closes once it reaches the limit
+        ([40_000, 40_000, 40_000], [[0, 1], [2]]),
+    ],
+)
+def test_decode_groups(sizes: list[int], groups: list[list[int]]) -> None:
+    assert decode_groups(sizes, group_bytes=64 * 1024) == groups
+
+
+async def test_mixed_image_sizes_keep_order(service_client: httpx.AsyncClient) -> None:
+    # a 160 px random RGB PNG is larger than one decoding group, so items spread over several tasks
+    images = [png_base64(1), png_base64(2, size=160, mode="RGB"), png_base64(3), png_base64(4), png_base64(5, size=160, mode="RGB")]
+    assert len(images[1]) > DECODE_GROUP_BYTES
+    together = await service_client.post("/v1/embeddings", json={"input": [{"image": image} for image in images]})
+    assert together.status_code == 200
+    for index, image in enumerate(images):
+        alone = await service_client.post("/v1/embeddings", json={"input": [{"image": image}]})
+        np.testing.assert_allclose(
+            together.json()["data"][index]["embedding"], alone.json()["data"][0]["embedding"], rtol=1e-5, atol=1e-6
+        )
+
+
+async def test_corrupt_image_in_later_group(service_client: httpx.AsyncClient) -> None:
+    images = [png_base64(1), png_base64(2, size=160, mode="RGB"), png_base64(3), "bm90IGFuIGltYWdl", png_base64(4)]
+    response = await service_client.post("/v1/embeddings", json={"input": [{"image": image} for image in images]})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("input[3]: ")
+
+
+def test_fast_json_matches_json_module() -> None:
+    vector = np.random.default_rng(0).standard_normal(128).astype(np.float32)
+    content = {
+        "object": "list",
+        "data": [{"index": 0, "embedding": vector.tolist(), "tiny": 1e-7, "huge": 3.4e38}],
+        "model": "glyphs-é-模型",
+        "usage": {"prompt_tokens": 2**40, "flag": True, "none": None},
+    }
+    fast = FastJSONResponse(content)
+    plain = JSONResponse(content)
+    assert fast.media_type == "application/json"
+    assert json.loads(fast.body) == json.loads(plain.body)
+    assert json.loads(fast.body)["data"][0]["embedding"] == vector.tolist()  # every float round-trips exactly
