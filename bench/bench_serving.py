@@ -7,9 +7,11 @@ side by side:
   fed preprocessed tensors: a batch-1 forward (latency) and the forward at several batch
   sizes, of which the best throughput is the limit of this machine for that model.
 - ``batched``: a real ``ssl-serve`` subprocess on 127.0.0.1 with its default settings
-  (dynamic batching on), loaded by a closed-loop httpx client at concurrency 1, 8, 32
-  and 128. Each request embeds one item (``--items-per-request``).
+  (dynamic batching on), loaded by a closed-loop client at concurrency 1, 8, 32 and 128:
+  one kept-alive HTTP/1.1 connection per worker (``bench.http1``), or a shared httpx
+  pool with ``--client httpx``. Each request embeds one item (``--items-per-request``).
 - ``unbatched``: the same server with ``EMBED_MAX_BATCH_SIZE=1``.
+- each ``--variant``: the batched server with some settings changed.
 
 Each concurrency level is bounded in requests and seconds and follows a short warm-up.
 The load generator runs on the same cores as the server, so its CPU share
@@ -51,7 +53,7 @@ from app.registry import pad_token_ids
 from app.settings import Settings
 from bench.artifacts import DEFAULT_MODELS_DIR, REPO_ROOT, ArtifactInfo, pick_artifact, single_model_dir
 from bench.common import write_result
-from bench.load import LevelStats, run_level
+from bench.load import CLIENTS, LevelStats, run_level
 from bench.logs import configure_logging
 from bench.plot import LinePanel, Reference, Series, save_figure
 from bench.server import ServerProcess, running_server
@@ -232,7 +234,7 @@ def measure_server(
             asyncio.run(
                 run_level(
                     server.base_url, "/v1/embeddings", bodies, args.items_per_request, concurrency,
-                    max_requests=max(2 * concurrency, 20), max_seconds=args.warmup_seconds,
+                    max_requests=max(2 * concurrency, 20), max_seconds=args.warmup_seconds, client=args.client,
                 )
             )
             batch_sum, batch_count = read_batch_metrics(server, model)
@@ -240,7 +242,7 @@ def measure_server(
             stats: LevelStats = asyncio.run(
                 run_level(
                     server.base_url, "/v1/embeddings", bodies, args.items_per_request, concurrency,
-                    max_requests=args.requests, max_seconds=args.seconds, check_response=check,
+                    max_requests=args.requests, max_seconds=args.seconds, check_response=check, client=args.client,
                 )
             )
             server_cpu = server.cpu_seconds() - server_cpu
@@ -344,6 +346,10 @@ def bench_model(info: ArtifactInfo, args: argparse.Namespace, work_dir: Path) ->
     batched = measure_server("batched", info.name, dim, models_dir, work_dir, {"EMBED_CACHE_SIZE": "0"}, bodies, args)
     unbatched_settings = {"EMBED_CACHE_SIZE": "0", "EMBED_MAX_BATCH_SIZE": "1"}
     unbatched = measure_server("unbatched", info.name, dim, models_dir, work_dir, unbatched_settings, bodies, args)
+    variants = {
+        label: measure_server(label, info.name, dim, models_dir, work_dir, {"EMBED_CACHE_SIZE": "0", **settings}, bodies, args)
+        for label, settings in args.variant
+    }
     return {
         "model": info.name,
         "modality": info.modality,
@@ -352,6 +358,7 @@ def bench_model(info: ArtifactInfo, args: argparse.Namespace, work_dir: Path) ->
         "raw": raw,
         "batched": batched,
         "unbatched": unbatched,
+        "variants": variants,
         "targets": evaluate_targets(raw, batched, unbatched),
     }
 
@@ -364,11 +371,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--text", action="store_true", help="also measure the text model")
     parser.add_argument("--text-model", help="text model to load with --text (default: the first text model by name)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128], help="concurrent requests per level")
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="raw",
+        help="load generator client: raw (one kept-alive HTTP/1.1 connection per worker, light) or httpx (one shared pool)",
+    )
     parser.add_argument("--items-per-request", type=int, default=1, help="items in each request body")
     parser.add_argument("--requests", type=int, help="maximum requests per level (default: 5000, --quick: 150)")
     parser.add_argument("--seconds", type=float, help="maximum seconds per level (default: 15, --quick: 1)")
     parser.add_argument("--warmup-seconds", type=float, help="maximum seconds of warm-up before each level (default: 2, --quick: 0.3)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="batch sizes of the raw forward (default: 1 to 512 in powers of 2)")
+    parser.add_argument(
+        "--variant",
+        type=parse_variant,
+        action="append",
+        default=[],
+        metavar="LABEL:SETTING=VALUE[,SETTING=VALUE]",
+        help="also measure the batched server with these settings changed, such as one-thread:large_batch_items=0",
+    )
     parser.add_argument("--raw-seconds", type=float, help="maximum seconds per raw batch size (default: 3, --quick: 0.4)")
     args = parser.parse_args()
 
@@ -384,6 +405,20 @@ def parse_args() -> argparse.Namespace:
     if min(args.concurrency) < 1 or min(args.batch_sizes) < 1:
         parser.error("--concurrency and --batch-sizes values must be at least 1")
     return args
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """Parse ``LABEL:SETTING=VALUE[,SETTING=VALUE]`` into a label and the server's environment."""
+    label, _, assignments = text.partition(":")
+    if not label or not assignments:
+        raise argparse.ArgumentTypeError(f"expected LABEL:SETTING=VALUE, got {text!r}")
+    settings = {}
+    for assignment in assignments.split(","):
+        name, separator, value = assignment.partition("=")
+        if not separator or name not in Settings.model_fields:
+            raise argparse.ArgumentTypeError(f"expected SETTING=VALUE with a service setting, got {assignment!r}")
+        settings[f"EMBED_{name.upper()}"] = value
+    return label, settings
 
 
 def main() -> None:
@@ -413,9 +448,11 @@ def main() -> None:
             "client_cpu_cores is the generator's share, server_cpu_cores the server's"
         ),
         "server_defaults": {
-            name: Settings.model_fields[name].default for name in ("max_batch_size", "max_wait_ms", "max_queue_items", "torch_threads")
+            name: Settings.model_fields[name].default
+            for name in ("max_batch_size", "max_wait_ms", "max_queue_items", "torch_threads", "large_batch_threads", "large_batch_items")
         },
         "levels": {"concurrency": args.concurrency, "max_requests": args.requests, "max_seconds": args.seconds},
+        "client": args.client,
         "results": results,
     }
     path = write_result("serving-quick" if args.quick else "serving", record)

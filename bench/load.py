@@ -1,8 +1,9 @@
-"""A bounded, closed-loop HTTP load generator on httpx's async client.
+"""A bounded, closed-loop HTTP load generator.
 
-``concurrency`` workers share one connection pool. Each sends a request, waits for the
-whole response, and sends the next, until ``max_requests`` are issued or ``max_seconds``
-have passed. Requests already in flight then finish, each within ``timeout_s``. The
+``concurrency`` workers each keep one HTTP/1.1 connection (or share an httpx pool).
+Each sends a request, waits for the whole response, and sends the next, until
+``max_requests`` are issued or ``max_seconds`` have passed. Requests already in flight
+then finish, each within ``timeout_s``. The
 request bodies are encoded once in advance, and responses are only counted by status,
 except the first successful one, which is checked. That keeps the generator's own CPU
 use low, which matters because it shares the cores with the server it loads.
@@ -17,7 +18,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,10 +26,15 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from bench.http1 import KeepAliveConnection, ResponseError
+
 logger = logging.getLogger("bench.load")
 
 JSON_HEADERS = {"content-type": "application/json"}
 LOOPBACK = "127.0.0.1"
+CLIENTS = ("raw", "httpx")
+
+Sender = Callable[[int, str, bytes], Awaitable[tuple[int, bytes]]]
 
 
 @dataclass
@@ -86,55 +92,60 @@ async def run_level(
     max_seconds: float,
     timeout_s: float = 30.0,
     check_response: Callable[[dict[str, Any]], None] | None = None,
+    client: str = "raw",
 ) -> LevelStats:
     """POST ``bodies`` (cycled) to ``path`` from ``concurrency`` workers; return what was measured.
 
     ``check_response`` receives the first successful response's JSON and raises when it is
     wrong. Errors are counted by HTTP status, or by exception name when no response came.
+    ``client`` is ``raw`` (one kept-alive connection per worker, see bench.http1) or
+    ``httpx`` (one shared httpx.AsyncClient pool, which costs the generator far more CPU).
     """
     check_loopback(base_url)
     if concurrency < 1 or max_requests < 1 or max_seconds <= 0:
         raise ValueError(f"concurrency, max_requests and max_seconds must be positive, got {concurrency}, {max_requests}, {max_seconds}")
     if not bodies:
         raise ValueError("run_level needs at least one request body")
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     issued = 0
     checked = check_response is None
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout_s, trust_env=False) as client:
+    send, close = _sender(client, base_url, concurrency, timeout_s)
 
-        async def worker(deadline: float) -> None:
-            nonlocal issued, checked
-            while issued < max_requests and time.perf_counter() < deadline:
-                body = bodies[issued % len(bodies)]
-                issued += 1
-                started = time.perf_counter()
-                try:
-                    response = await client.post(path, content=body, headers=JSON_HEADERS)
-                except httpx.HTTPError as error:
-                    errors[type(error).__name__] += 1
-                    continue
-                if response.status_code != 200:
-                    errors[str(response.status_code)] += 1
-                    continue
-                latencies.append((time.perf_counter() - started) * 1000)
-                if not checked:
-                    checked = True
-                    check_response(json.loads(response.content))  # type: ignore[misc]
+    async def worker(number: int, deadline: float) -> None:
+        nonlocal issued, checked
+        while issued < max_requests and time.perf_counter() < deadline:
+            body = bodies[issued % len(bodies)]
+            issued += 1
+            started = time.perf_counter()
+            try:
+                status, content = await send(number, path, body)
+            except (httpx.HTTPError, ResponseError, asyncio.TimeoutError) as error:
+                errors[type(error).__name__] += 1
+                continue
+            if status != 200:
+                errors[str(status)] += 1
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+            if not checked:
+                checked = True
+                check_response(json.loads(content))  # type: ignore[misc]
 
-        cpu_started = time.process_time()
-        started = time.perf_counter()
-        deadline = started + max_seconds
-        workers = [asyncio.create_task(worker(deadline)) for _ in range(concurrency)]
-        try:
-            await asyncio.wait_for(asyncio.gather(*workers), max_seconds + timeout_s + 5)
-        finally:
-            for task in workers:
-                task.cancel()
+    cpu_started = time.process_time()
+    started = time.perf_counter()
+    deadline = started + max_seconds
+    workers = [asyncio.create_task(worker(number, deadline)) for number in range(concurrency)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*workers), max_seconds + timeout_s + 5)
+    finally:
+        for task in workers:
+            task.cancel()
         elapsed = time.perf_counter() - started
         client_cpu = time.process_time() - cpu_started
+        await close()
 
     succeeded = len(latencies)
     return LevelStats(
@@ -147,3 +158,28 @@ async def run_level(
         errors=dict(errors),
         client_cpu_s=client_cpu,
     )
+
+
+def _sender(client: str, base_url: str, concurrency: int, timeout_s: float) -> tuple[Sender, Callable[[], Awaitable[None]]]:
+    """Return ``send(worker, path, body) -> (status, content)`` for ``client`` and a function that closes it."""
+    if client == "httpx":
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        pool = httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout_s, trust_env=False)
+
+        async def send_httpx(worker: int, path: str, body: bytes) -> tuple[int, bytes]:
+            response = await pool.post(path, content=body, headers=JSON_HEADERS)
+            return response.status_code, response.content
+
+        return send_httpx, pool.aclose
+
+    parts = urlsplit(base_url)
+    connections = [KeepAliveConnection(LOOPBACK, parts.port or 80) for _ in range(concurrency)]
+
+    async def send_raw(worker: int, path: str, body: bytes) -> tuple[int, bytes]:
+        return await asyncio.wait_for(connections[worker].post(path, body), timeout_s)
+
+    async def close_all() -> None:
+        for connection in connections:
+            await connection.close()
+
+    return send_raw, close_all
