@@ -14,13 +14,15 @@ from training.config import OPTIMIZER_NAMES
 def parameter_groups(
     module: nn.Module, weight_decay: float, lr_scales: Mapping[nn.Module, float] | None = None
 ) -> list[dict[str, Any]]:
-    """Split trainable parameters into a decayed group and an undecayed one.
+    """Split trainable parameters into decayed and undecayed groups, per learning-rate scale.
 
     Biases and normalisation weights (every parameter with fewer than 2 dimensions)
     get no weight decay and are excluded from LARS adaptation, as in You et al. (2017)
     and the SimCLR and BYOL recipes. Frozen parameters (momentum targets) are left out.
-    The parameters of each submodule in ``lr_scales`` form groups of their own whose
-    ``lr_scale`` multiplies the scheduled learning rate; empty groups are dropped.
+    The first two groups (decayed, then undecayed) hold every parameter at scale 1, even
+    when empty, so that checkpoints keep one layout. The parameters of each submodule in
+    ``lr_scales`` follow in groups of their own, whose ``lr_scale`` multiplies the
+    scheduled learning rate. Empty scaled groups are left out.
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
@@ -29,7 +31,7 @@ def parameter_groups(
         if scale <= 0:
             raise ValueError(f"learning-rate scales must be positive, got {scale}")
         scale_of.update((id(parameter), scale) for parameter in submodule.parameters())
-    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
     for parameter in module.parameters():
         if not parameter.requires_grad:
             continue

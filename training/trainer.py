@@ -255,7 +255,7 @@ class Trainer:
                 self.state.step += 1
                 self.state.epoch_losses.append(losses["loss"])
                 if self.context.is_main:
-                    progress.update(self.state.step, losses, self.optimizer.param_groups[0]["lr"], self.batch_size)
+                    progress.update(self.state.step, losses, self.scheduled_lr(self.state.step - 1), self.batch_size)
 
                 # finish the epoch before any checkpoint, so a resumed run never skips its evaluation
                 if batch_index == self.steps_per_epoch - 1:
@@ -275,7 +275,7 @@ class Trainer:
 
     def train_step(self, indices: torch.Tensor) -> dict[str, float]:
         # set the learning rate for this step
-        lr = warmup_cosine(self.state.step, self.total_steps, self.warmup_steps, self.base_lr)
+        lr = self.scheduled_lr(self.state.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
 
@@ -393,7 +393,7 @@ class Trainer:
 
         self.method.load_state_dict(state["method"])
         self.method.load_extra_state(state["method_extra"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer_state(state["optimizer"], path)
         self.scaler.load_state_dict(state["scaler"])
         restore_rng_states(state["rng"])
         self._restore_generator(state)
@@ -410,6 +410,24 @@ class Trainer:
             # epochs finished after the checkpoint are trained again, so drop their lines
             _write_metrics_lines(self.metrics_file, self.state.history)
         logger.info("resumed from %s at step %d", path, self.state.step)
+
+    def _load_optimizer_state(self, saved: dict[str, Any], path: Path) -> None:
+        """Load the optimiser's moments, keeping this run's learning-rate scale of every group."""
+        saved_groups, groups = len(saved["param_groups"]), len(self.optimizer.param_groups)
+        if saved_groups != groups:
+            raise ValueError(
+                f"checkpoint {path} has {saved_groups} optimiser parameter groups and this run has {groups}: "
+                "resume with the learning-rate scales it was trained with (a BYOL checkpoint written before "
+                "predictor_lr_scale existed needs --predictor-lr-scale 1)"
+            )
+        scales = [group["lr_scale"] for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(saved)
+        for group, scale in zip(self.optimizer.param_groups, scales):
+            group["lr_scale"] = scale
+
+    def scheduled_lr(self, step: int) -> float:
+        """Return the learning rate of ``step`` before each group's ``lr_scale``: warm-up, then cosine."""
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.base_lr)
 
     def _restore_generator(self, state: dict[str, Any]) -> None:
         """Restore this rank's augmentation generator, or reseed it when the rank count changed."""
@@ -528,7 +546,8 @@ def _check_resumable(saved: dict[str, Any], current: TrainConfig, path: Path, lo
         raise ValueError(f"checkpoint {path} is from method {saved['method']!r}, not {current.method!r}")
     if not log_changes:
         return
-    changed = [name for name in ("batch_size", "epochs", "lr", "optimizer", "seed") if saved.get(name) != getattr(current, name)]
+    names = ("batch_size", "epochs", "lr", "optimizer", "seed", "predictor_lr_scale")
+    changed = [name for name in names if saved.get(name) != getattr(current, name)]
     if changed:
         details = ", ".join(f"{name} {saved.get(name)!r} -> {getattr(current, name)!r}" for name in changed)
         logger.warning("resuming %s with changed settings: %s", path, details)

@@ -148,7 +148,7 @@ def test_scaled_group_steps_further(name):
     with torch.no_grad():
         network[1].weight.copy_(network[0].weight)
     optimizer = build_optimizer(network, name, lr=0.01, weight_decay=0.0, lr_scales={network[1]: 10.0})
-    assert sorted(group["lr"] for group in optimizer.param_groups) == pytest.approx([0.01, 0.1])
+    assert sorted({group["lr"] for group in optimizer.param_groups}) == pytest.approx([0.01, 0.1])
     before = network[0].weight.detach().clone()
     for parameter in network.parameters():
         parameter.grad = torch.full_like(parameter, 0.5)
