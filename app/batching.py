@@ -245,7 +245,8 @@ class DynamicBatcher:
             self._initial_threads = torch.get_num_threads()
         threads = self.threads_for(len(inputs)) or self._initial_threads
         if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)  # this thread's count: other models' threads keep theirs
+            # sets this thread's count; the other inference threads set theirs before every batch
+            torch.set_num_threads(threads)
         return self.model.encode(inputs)
 
     def _deliver(self, batch: list[_Entry], embeddings: torch.Tensor) -> None:

@@ -74,6 +74,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.preprocess_executor = ThreadPoolExecutor(
         max_workers=settings.preprocess_threads or min(MAX_AUTO_PREPROCESS_THREADS, available_cpus()),
         thread_name_prefix="preprocess",
+        # a new thread starts with the count last set by any thread, which may be a large batch's
+        initializer=torch.set_num_threads,
+        initargs=(torch_threads,),
     )
     try:
         device, dtype = resolve_device(settings)

@@ -30,27 +30,32 @@ class KeepAliveConnection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: bytes, content_type: str = "application/json") -> tuple[int, bytes]:
-        """Send POST ``path`` with ``body`` and return the status code and the response body."""
-        if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        """Send POST ``path`` with ``body`` and return the status code and the response body.
+
+        Any failure, a cancellation (such as a timeout) included, closes the connection,
+        so that a late response is never read as the reply to the next request.
+        """
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode("ascii")
         try:
+            if self._writer is None:
+                self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
             self._writer.write(head + body)
             return await self._read_response()
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
-            await self.close()
+            self._abort()
             raise ResponseError(f"{type(error).__name__}: {error}") from error
+        except BaseException:
+            self._abort()
+            raise
 
     async def _read_response(self) -> tuple[int, bytes]:
         assert self._reader is not None
-        header_block = await self._reader.readuntil(b"\r\n\r\n")
-        status_line, *header_lines = header_block[:-4].split(b"\r\n")
-        if not status_line.startswith(b"HTTP/1.1 "):
-            raise ValueError(f"unexpected status line {status_line[:40]!r}")
-        status = int(status_line[9:12])
+        status, header_lines = await self._read_head()
+        while 100 <= status < 200:  # interim responses such as 100 Continue precede the real one
+            status, header_lines = await self._read_head()
         length, chunked, close = None, False, False
         for line in header_lines:
             name, _, value = line.partition(b":")
@@ -61,7 +66,9 @@ class KeepAliveConnection:
                 chunked = b"chunked" in value.lower()
             elif name == b"connection":
                 close = b"close" in value.lower()
-        if chunked:
+        if status in (204, 304):
+            body = b""
+        elif chunked:
             body = await self._read_chunks()
         elif length is not None:
             body = await self._reader.readexactly(length)
@@ -72,6 +79,15 @@ class KeepAliveConnection:
             await self.close()
         return status, body
 
+    async def _read_head(self) -> tuple[int, list[bytes]]:
+        """Read a status line and headers; return the status code and the header lines."""
+        assert self._reader is not None
+        header_block = await self._reader.readuntil(b"\r\n\r\n")
+        status_line, *header_lines = header_block[:-4].split(b"\r\n")
+        if not status_line.startswith(b"HTTP/1.1 "):
+            raise ValueError(f"unexpected status line {status_line[:40]!r}")
+        return int(status_line[9:12]), header_lines
+
     async def _read_chunks(self) -> bytes:
         assert self._reader is not None
         parts = []
@@ -79,9 +95,16 @@ class KeepAliveConnection:
             size_line = await self._reader.readuntil(b"\r\n")
             size = int(size_line.split(b";")[0], 16)
             if size == 0:
-                await self._reader.readuntil(b"\r\n")  # no trailers are expected
+                while await self._reader.readuntil(b"\r\n") != b"\r\n":  # trailer fields, up to a blank line
+                    pass
                 return b"".join(parts)
             parts.append((await self._reader.readexactly(size + 2))[:-2])
+
+    def _abort(self) -> None:
+        """Drop the socket at once, without waiting for the peer."""
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.transport.abort()
 
     async def close(self) -> None:
         """Close the socket; the next request opens a new one."""

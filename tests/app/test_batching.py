@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -218,3 +219,21 @@ async def test_large_batches_use_own_threads(image_model_settings: Settings) -> 
     assert torch.get_num_threads() == caller_threads  # only the inference thread changed
     torch.testing.assert_close(large, small.expand(4, -1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(again, small)
+
+
+async def test_preprocess_threads_keep_small_count(image_model_settings: Settings) -> None:
+    settings = image_model_settings.model_copy(
+        update={"torch_threads": 1, "large_batch_threads": 2, "large_batch_items": 2, "preprocess_threads": 4}
+    )
+    async with running_app(settings) as (app, client):
+        response = await client.post("/v1/embeddings", json={"input": [{"image": png_base64(seed)} for seed in range(4)]})
+        assert response.status_code == 200
+        executor = app.state.service.preprocess_executor
+        barrier = threading.Barrier(4, timeout=10)
+
+        def count_after_all_started() -> int:
+            barrier.wait()  # four tasks at once, so each runs on its own thread
+            return torch.get_num_threads()
+
+        counts = [future.result(timeout=10) for future in [executor.submit(count_after_all_started) for _ in range(4)]]
+    assert counts == [1, 1, 1, 1]

@@ -68,18 +68,67 @@ def test_reads_chunked_and_reconnects() -> None:
             b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\n\r\n",
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbusy",
             b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nback",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Check: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast",
         ])
         connection = KeepAliveConnection("127.0.0.1", port)
         try:
-            results = [await connection.post("/x", b"{}") for _ in range(4)]
+            results = [await connection.post("/x", b"{}") for _ in range(7)]
         finally:
             await connection.close()
             server.close()
         return results, len(connections)
 
     results, connections = asyncio.run(scenario())
-    assert results == [(200, b"first"), (201, b"abcdefg"), (503, b"busy"), (200, b"back")]
+    assert results == [
+        (200, b"first"), (201, b"abcdefg"), (503, b"busy"), (200, b"back"), (204, b""), (200, b"hi"), (200, b"last")
+    ]
     assert connections == 2  # the server closed after the third response
+
+
+def test_refused_connection_raises() -> None:
+    async def scenario() -> None:
+        server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()  # nothing listens on the port any more
+        await KeepAliveConnection("127.0.0.1", port).post("/x", b"{}")
+
+    with pytest.raises(ResponseError):
+        asyncio.run(scenario())
+
+
+def test_timeout_drops_the_connection() -> None:
+    async def scenario() -> tuple[tuple[int, bytes], int]:
+        connections: list[int] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(1)
+            number = len(connections)
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]))
+                if number == 1:
+                    await asyncio.sleep(0.3)  # the first connection replies too late
+                reply = b"stale" if number == 1 else b"fresh"
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + reply)
+                await writer.drain()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        connection = KeepAliveConnection("127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(connection.post("/slow", b"{}"), 0.1)
+            await asyncio.sleep(0.4)  # the stale reply has arrived on the old socket by now
+            return await asyncio.wait_for(connection.post("/x", b"{}"), 5.0), len(connections)
+        finally:
+            await connection.close()
+            server.close()
+
+    result, connections = asyncio.run(scenario())
+    assert result == (200, b"fresh")
+    assert connections == 2
 
 
 def test_garbage_response_raises() -> None:
