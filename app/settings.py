@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     )
 
     # dynamic batching
-    max_batch_size: int = Field(32, ge=1, le=4096, description="maximum items in one forward pass")
+    max_batch_size: int = Field(128, ge=1, le=4096, description="maximum items in one forward pass")
     max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0, description="maximum wait for a batch to fill, in ms")
     max_queue_items: int = Field(2048, ge=1, le=1_000_000, description="items waiting per model before 503")
     request_timeout_s: float = Field(30.0, gt=0.0, le=3600.0, description="per-request time budget, in seconds")

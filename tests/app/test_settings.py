@@ -25,7 +25,7 @@ def test_settings_defaults() -> None:
     assert settings.data_dir == Path("var")
     assert settings.host == "127.0.0.1"
     assert settings.port == 8000
-    assert settings.max_batch_size == 32
+    assert settings.max_batch_size == 128
     assert settings.truncate_text is True
     assert settings.api_key is None
     assert settings.cache_size == 0
