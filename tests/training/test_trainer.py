@@ -283,28 +283,30 @@ def test_steps_per_epoch_needs_two_per_rank(samples, batch, world, steps):
     assert _steps_per_epoch(samples, batch, world) == steps
 
 
-def test_resume_other_group_layout_explains(tmp_path):
-    byol = {"method": "byol", "augment": "glyphs", "projection_dim": 16, "projection_hidden_dim": 32, "warmup_epochs": 0.0}
-    first = build_trainer(small_config(tmp_path, predictor_lr_scale=1.0, **byol), tmp_path / "run")
+BYOL_SMALL = {"method": "byol", "augment": "glyphs", "projection_dim": 16, "projection_hidden_dim": 32, "warmup_epochs": 0.0}
+
+
+def byol_checkpoint(tmp_path, predictor_lr_scale: float):
+    """Train a small BYOL run for one step and return its trainer and checkpoint path."""
+    first = build_trainer(small_config(tmp_path, predictor_lr_scale=predictor_lr_scale, **BYOL_SMALL), tmp_path / "run")
     first.total_steps = 1
     first.fit()
-    checkpoint = first.save_checkpoint()
+    return first, first.save_checkpoint()
+
+
+def test_resume_other_group_layout_explains(tmp_path):
+    first, checkpoint = byol_checkpoint(tmp_path, predictor_lr_scale=1.0)
     assert len(first.optimizer.param_groups) == 2  # one scale: the layout of checkpoints without scaled groups
 
     with pytest.raises(ValueError, match="--predictor-lr-scale 1"):
-        build_trainer(small_config(tmp_path, resume=str(checkpoint), **byol), tmp_path / "run").fit()
-    resumed = build_trainer(small_config(tmp_path, resume=str(checkpoint), predictor_lr_scale=1.0, **byol), tmp_path / "run")
+        build_trainer(small_config(tmp_path, resume=str(checkpoint), **BYOL_SMALL), tmp_path / "run").fit()
+    resumed = build_trainer(small_config(tmp_path, resume=str(checkpoint), predictor_lr_scale=1.0, **BYOL_SMALL), tmp_path / "run")
     resumed.fit()
     assert resumed.state.step == resumed.total_steps
 
 
 def test_resume_keeps_new_lr_scale(tmp_path):
-    byol = {"method": "byol", "augment": "glyphs", "projection_dim": 16, "projection_hidden_dim": 32, "warmup_epochs": 0.0}
-    first = build_trainer(small_config(tmp_path, predictor_lr_scale=10.0, **byol), tmp_path / "run")
-    first.total_steps = 1
-    first.fit()
-    checkpoint = first.save_checkpoint()
-
-    resumed = build_trainer(small_config(tmp_path, resume=str(checkpoint), predictor_lr_scale=3.0, **byol), tmp_path / "run")
+    _, checkpoint = byol_checkpoint(tmp_path, predictor_lr_scale=10.0)
+    resumed = build_trainer(small_config(tmp_path, resume=str(checkpoint), predictor_lr_scale=3.0, **BYOL_SMALL), tmp_path / "run")
     resumed._resume(str(checkpoint))
     assert sorted({group["lr_scale"] for group in resumed.optimizer.param_groups}) == [1.0, 3.0]
