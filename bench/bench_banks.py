@@ -38,6 +38,7 @@ import logging
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -417,7 +418,7 @@ def main() -> None:
 
     defaults = Settings.model_fields
     record = {
-        "command": "python -m bench.bench_banks" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python -m bench.bench_banks", *sys.argv[1:]]),
         "data": f"{CLUSTERS} clusters, offsets of norm ~{CLUSTER_SPREAD}, unit vectors of width {DIM}, seed {SEED}; cosine metric, k={K}",
         "faiss_compile_options": faiss.get_compile_options(),
         "threads": {"faiss_search": args.faiss_threads, "build": args.build_threads, "torch": args.faiss_threads},
