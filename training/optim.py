@@ -19,7 +19,7 @@ def parameter_groups(
     Biases and normalisation weights (every parameter with fewer than 2 dimensions)
     get no weight decay and are excluded from LARS adaptation, as in You et al. (2017)
     and the SimCLR and BYOL recipes. Frozen parameters (momentum targets) are left out.
-    The first two groups (decayed, then undecayed) hold every parameter at scale 1, even
+    The first two groups (decayed, then undecayed) contain every parameter at scale 1, even
     when empty, so that checkpoints keep one layout. The parameters of each submodule in
     ``lr_scales`` follow in groups of their own, whose ``lr_scale`` multiplies the
     scheduled learning rate. Empty scaled groups are left out.
