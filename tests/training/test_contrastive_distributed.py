@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import os
-import socket
-from datetime import timedelta
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from tests.training.two_ranks import run_two_ranks
 from training.losses import clip_loss, info_nce
 
 BATCH_PER_RANK = 3
 FEATURES = 5
 TEMPERATURE = 0.2
 LOGIT_SCALE = 7.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def example_inputs() -> dict[str, torch.Tensor]:
@@ -58,34 +49,16 @@ def losses_and_gradients(inputs: dict[str, torch.Tensor], rows: slice, wrap) -> 
     return results
 
 
-def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size, timeout=timedelta(seconds=60)
-    )
-    try:
-        rows = slice(rank * BATCH_PER_RANK, (rank + 1) * BATCH_PER_RANK)
-        results = losses_and_gradients(example_inputs(), rows, nn.parallel.DistributedDataParallel)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def worker(rank: int, out_dir: str) -> None:
+    rows = slice(rank * BATCH_PER_RANK, (rank + 1) * BATCH_PER_RANK)
+    results = losses_and_gradients(example_inputs(), rows, nn.parallel.DistributedDataParallel)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
-    # rank 0 runs in this process, rank 1 in a spawned one
     out_dir = tmp_path_factory.mktemp("contrastive")
-    port = free_port()
-    interface = os.environ.get("GLOO_SOCKET_IFNAME")
-    other = mp.get_context("spawn").Process(target=worker, args=(1, 2, port, str(out_dir)))
-    other.start()
-    try:
-        worker(0, 2, port, str(out_dir))
-    finally:
-        other.join(timeout=120)
-        if interface is None:
-            os.environ.pop("GLOO_SOCKET_IFNAME", None)
-    assert other.exitcode == 0
+    run_two_ranks(worker, str(out_dir))
     return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
 
 

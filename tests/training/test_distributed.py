@@ -1,16 +1,13 @@
 import json
 import os
-import socket
 import subprocess
 import sys
-from datetime import timedelta
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from tests.training.two_ranks import free_port, run_two_ranks
 from training.artifact import export_artifact
 from training.distributed import gather_with_grad, get_rank, get_world_size, rank_slice
 from training.encoders.resnet import ResNet
@@ -20,12 +17,6 @@ BATCH_PER_RANK = 3
 FEATURES = 5
 TEMPERATURE = 0.3
 RESNET = {"name": "resnet", "kwargs": {"in_channels": 1, "depth": 10, "width": 4, "small_stem": True}}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def loopback_environment() -> dict[str, str]:
@@ -51,66 +42,48 @@ def projection(inputs: dict[str, torch.Tensor]) -> nn.Linear:
     return layer
 
 
-def nt_xent_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+def nt_xent_worker(rank: int, out_dir: str) -> None:
     """Compute NT-Xent on this rank's slice through DDP and save loss and gradients."""
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size, timeout=timedelta(seconds=60)
-    )
+    inputs = example_inputs()
+    layer = projection(inputs)
+    model = nn.parallel.DistributedDataParallel(layer)
+    rows = slice(rank * BATCH_PER_RANK, (rank + 1) * BATCH_PER_RANK)
+    # one forward pass over both views, as SimCLR does: (2B, F) -> (2B, 4)
+    projections = model(torch.cat([inputs["view_a"][rows], inputs["view_b"][rows]]))
+    view_a, view_b = projections.chunk(2)
+    loss = nt_xent(view_a, view_b, TEMPERATURE)
+    loss.backward()
+
     try:
-        inputs = example_inputs()
-        layer = projection(inputs)
-        model = nn.parallel.DistributedDataParallel(layer)
-        rows = slice(rank * BATCH_PER_RANK, (rank + 1) * BATCH_PER_RANK)
-        # one forward pass over both views, as SimCLR does: (2B, F) -> (2B, 4)
-        projections = model(torch.cat([inputs["view_a"][rows], inputs["view_b"][rows]]))
-        view_a, view_b = projections.chunk(2)
-        loss = nt_xent(view_a, view_b, TEMPERATURE)
-        loss.backward()
+        gather_with_grad(torch.zeros(rank + 1, 2))
+        mismatch = ""
+    except ValueError as error:
+        mismatch = str(error)
 
-        try:
-            gather_with_grad(torch.zeros(rank + 1, 2))
-            mismatch = ""
-        except ValueError as error:
-            mismatch = str(error)
-
-        encoder = nn.parallel.DistributedDataParallel(ResNet(**RESNET["kwargs"]))
-        if rank == 0:
-            meta = {
-                "name": "wrapped", "modality": "image", "architecture": RESNET, "embedding_dim": 32,
-                "preprocessing": {"size": 8, "channels": 1, "mean": [0.5], "std": [0.5]}, "method": "simclr", "space": "wrapped",
-            }
-            export_artifact(os.path.join(out_dir, "wrapped"), encoder, meta)
-        torch.save(
-            {
-                "loss": loss.detach(),
-                "weight_grad": layer.weight.grad,
-                "bias_grad": layer.bias.grad,
-                "rank": get_rank(),
-                "world_size": get_world_size(),
-                "mismatch": mismatch,
-            },
-            os.path.join(out_dir, f"rank{rank}.pt"),
-        )
-    finally:
-        dist.destroy_process_group()
+    encoder = nn.parallel.DistributedDataParallel(ResNet(**RESNET["kwargs"]))
+    if rank == 0:
+        meta = {
+            "name": "wrapped", "modality": "image", "architecture": RESNET, "embedding_dim": 32,
+            "preprocessing": {"size": 8, "channels": 1, "mean": [0.5], "std": [0.5]}, "method": "simclr", "space": "wrapped",
+        }
+        export_artifact(os.path.join(out_dir, "wrapped"), encoder, meta)
+    torch.save(
+        {
+            "loss": loss.detach(),
+            "weight_grad": layer.weight.grad,
+            "bias_grad": layer.bias.grad,
+            "rank": get_rank(),
+            "world_size": get_world_size(),
+            "mismatch": mismatch,
+        },
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
 
 
 @pytest.fixture(scope="module")
 def two_rank_dir(tmp_path_factory):
-    # rank 0 runs in this process, rank 1 in a spawned one: one interpreter start instead of two
     out_dir = tmp_path_factory.mktemp("nt_xent")
-    port = free_port()
-    interface = os.environ.get("GLOO_SOCKET_IFNAME")
-    other = mp.get_context("spawn").Process(target=nt_xent_worker, args=(1, 2, port, str(out_dir)))
-    other.start()
-    try:
-        nt_xent_worker(0, 2, port, str(out_dir))
-    finally:
-        other.join(timeout=120)
-        if interface is None:
-            os.environ.pop("GLOO_SOCKET_IFNAME", None)
-    assert other.exitcode == 0
+    run_two_ranks(nt_xent_worker, str(out_dir))
     return out_dir
 
 

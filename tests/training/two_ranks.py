@@ -1,0 +1,71 @@
+"""Run a test function on two gloo ranks over loopback.
+
+Rank 0 runs in the calling process and hosts the rendezvous store; rank 1 runs in a
+spawned process (one interpreter start instead of two). Rank 1 leaves the process group
+first and rank 0 waits for it to exit before leaving: a rank still shutting down when
+its peer tore the store down can abort from a background thread.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from datetime import timedelta
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+Work = Callable[[int, str], None]
+JOIN_SECONDS = 120
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def join_group(rank: int, port: int) -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
+
+
+def spawned_rank(work: Work, port: int, out_dir: str) -> None:
+    join_group(1, port)
+    try:
+        work(1, out_dir)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run_two_ranks(work: Work, out_dir: str) -> None:
+    """Call ``work(rank, out_dir)`` on ranks 0 and 1; raise if rank 1 did not exit cleanly.
+
+    ``work`` must be a module-level function so that the spawned process can import it.
+    """
+    port = free_port()
+    interface = os.environ.get("GLOO_SOCKET_IFNAME")
+    other = mp.get_context("spawn").Process(target=spawned_rank, args=(work, port, out_dir))
+    other.start()
+    try:
+        join_group(0, port)
+        try:
+            work(0, out_dir)
+            dist.barrier()
+        finally:
+            other.join(timeout=JOIN_SECONDS)
+            dist.destroy_process_group()
+    finally:
+        if other.is_alive():
+            other.kill()
+            other.join()
+        if interface is None:
+            os.environ.pop("GLOO_SOCKET_IFNAME", None)
+        else:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+    if other.exitcode != 0:
+        raise AssertionError(f"rank 1 exited with code {other.exitcode}")
