@@ -1,9 +1,9 @@
 """Run a test function on two gloo ranks over loopback.
 
-Rank 0 runs in the calling process and hosts the rendezvous store; rank 1 runs in a
-spawned process (one interpreter start instead of two). Rank 1 leaves the process group
-first and rank 0 waits for it to exit before leaving: a rank still shutting down when
-its peer tore the store down can abort from a background thread.
+Rank 0 runs in the calling process and hosts the rendezvous store. Rank 1 runs in a
+spawned process, so the test pays for one interpreter start instead of two. Rank 1
+leaves the process group first and rank 0 waits for it to exit before leaving, because
+a rank that is still leaving when its peer removes the store can abort.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def spawned_rank(work: Work, port: int, out_dir: str) -> None:
 
 
 def run_two_ranks(work: Work, out_dir: str) -> None:
-    """Call ``work(rank, out_dir)`` on ranks 0 and 1; raise if rank 1 did not exit cleanly.
+    """Call ``work(rank, out_dir)`` on ranks 0 and 1 and raise if rank 1 fails.
 
     ``work`` must be a module-level function so that the spawned process can import it.
     """
