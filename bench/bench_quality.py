@@ -16,7 +16,8 @@ max-pool) and base width 32, giving 256-dimensional embeddings, for every method
 MAE trains a ViT of width 192, depth 6 and 3 heads on 4 px patches (64 tokens), giving
 192-dimensional embeddings. Letters change identity when mirrored or cut down to a stroke,
 so no method flips and every crop keeps at least 40 % of the area. SimCLR and BYOL (both
-views) use the ``glyphs`` preset (crops, brightness and contrast jitter, light blur). The
+views) use the ``glyphs`` preset (crops, slant, thicker or thinner strokes, brightness and
+contrast jitter, light blur). The
 reconstruction and pretext methods use the ``crop`` preset (crops only). Every train image
 trains the encoder (no hold-out), because the test split measures it.
 

@@ -25,7 +25,10 @@ class AugmentationConfig:
     The pipeline runs in this order:
 
     - random resized crop, where ``crop_scale`` is the area fraction and ``crop_ratio``
-      the width/height range, with a horizontal flip;
+      the width/height range, with a horizontal flip and a horizontal shear (slant)
+      factor drawn from [-shear, shear];
+    - stroke morphology: a 3x3 grey-level dilation or erosion (equal chance), which
+      thickens or thins the strokes of line art such as characters;
     - colour jitter: factors from [1 - s, 1 + s] for brightness, contrast and
       saturation and a hue shift from [-hue, hue] turns, in a random order per sample;
     - random grayscale;
@@ -36,6 +39,8 @@ class AugmentationConfig:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     horizontal_flip_prob: float = 0.5
+    shear: float = 0.0
+    morphology_prob: float = 0.0
     color_jitter_prob: float = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
@@ -53,7 +58,10 @@ class AugmentationConfig:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
             raise ValueError(f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
-        for name in ("horizontal_flip_prob", "color_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
+        if not 0.0 <= self.shear <= 1.0:
+            raise ValueError(f"shear must be in [0, 1] (a slant of at most 45 degrees), got {self.shear}")
+        probabilities = ("horizontal_flip_prob", "morphology_prob", "color_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob")
+        for name in probabilities:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
@@ -80,10 +88,11 @@ PRESETS: dict[str, AugmentationConfig] = {
     "byol": AugmentationConfig(saturation=0.2, blur_prob=1.0, solarize_prob=0.0),
     "byol_view2": AugmentationConfig(saturation=0.2, blur_prob=0.1, solarize_prob=0.2),
     # Glyphs and digits: mirroring or cutting away most of a character changes its
-    # identity, so crops keep at least 40 % of the area and nothing is flipped.
+    # identity, so crops keep at least 40 % of the area and nothing is flipped. Fonts
+    # differ mostly in slant and stroke weight, so views also differ in both.
     "glyphs": AugmentationConfig(
-        crop_scale=(0.4, 1.0), crop_ratio=(0.8, 1.25), horizontal_flip_prob=0.0, brightness=0.5, contrast=0.5,
-        saturation=0.0, hue=0.0, grayscale_prob=0.0, blur_prob=0.3, blur_sigma=(0.1, 1.0),
+        crop_scale=(0.4, 1.0), crop_ratio=(0.8, 1.25), horizontal_flip_prob=0.0, shear=0.3, morphology_prob=0.5,
+        brightness=0.5, contrast=0.5, saturation=0.0, hue=0.0, grayscale_prob=0.0, blur_prob=0.3, blur_sigma=(0.1, 1.0),
     ),
     # Reconstruction and pretext-task methods (MAE, inpainting, rotation, jigsaw):
     # crops and flips only, as in their papers.
@@ -111,12 +120,17 @@ def preset_augmentation(
     name: str,
     crop_scale_min: float | None = None,
     horizontal_flip_prob: float | None = None,
+    shear: float | None = None,
+    morphology_prob: float | None = None,
 ) -> BatchAugmentation:
-    """Build the pipeline of preset ``name`` with the command line's crop and flip overrides."""
+    """Build the pipeline of preset ``name`` with the command line's overrides; None keeps the preset's value."""
     crop_scale = None
     if crop_scale_min is not None:
         crop_scale = (crop_scale_min, 1.0)
-    return BatchAugmentation(get_preset(name, crop_scale=crop_scale, horizontal_flip_prob=horizontal_flip_prob))
+    config = get_preset(
+        name, crop_scale=crop_scale, horizontal_flip_prob=horizontal_flip_prob, shear=shear, morphology_prob=morphology_prob
+    )
+    return BatchAugmentation(config)
 
 
 class BatchAugmentation:
@@ -134,8 +148,10 @@ class BatchAugmentation:
         config = self.config
         out = random_resized_crop(
             images, config.crop_scale, config.crop_ratio, config.horizontal_flip_prob,
-            self.output_size or images.shape[-1], generator,
+            self.output_size or images.shape[-1], generator, shear=config.shear,
         )
+        if config.morphology_prob > 0:
+            out = stroke_morphology(out, config.morphology_prob, generator)
         if config.color_jitter_prob > 0:
             out = color_jitter(out, config, generator)
         if config.grayscale_prob > 0 and out.shape[1] == 3:
@@ -171,13 +187,16 @@ def random_resized_crop(
     flip_prob: float,
     output_size: int,
     generator: torch.Generator | None = None,
+    shear: float = 0.0,
 ) -> torch.Tensor:
     """Crop a random area fraction ``scale`` with aspect ``ratio`` from each image, resize.
 
     Each image gets its own box: an area, a log-uniform aspect and a position inside
     the image. One ``grid_sample`` call applies all boxes, and a horizontal flip is the
     sign of the x scale. A box wider or taller than the image is cut to the image side,
-    and the other side grows so the box keeps its sampled area.
+    and the other side grows so the box keeps its sampled area. With ``shear`` > 0 each
+    box is also slanted: its x coordinate moves by a factor from [-shear, shear] times
+    its y coordinate, about the box centre.
     Returns (B, C, output_size, output_size).
     """
     area = _uniform(images, scale[0], scale[1], generator).float()
@@ -201,7 +220,27 @@ def random_resized_crop(
     grid = torch.empty(images.shape[0], output_size, output_size, 2, device=images.device, dtype=images.dtype)
     grid[..., 0] = (width * flip).view(-1, 1, 1) * base.view(1, 1, -1) + center_x.view(-1, 1, 1)
     grid[..., 1] = height.view(-1, 1, 1) * base.view(1, -1, 1) + center_y.view(-1, 1, 1)
+    if shear > 0:
+        # Slant: x moves with the output row, (B, 1, 1) * (1, S, 1) broadcast over columns.
+        factor = _uniform(images, -shear, shear, generator).float().to(images.dtype)
+        grid[..., 0] += factor.view(-1, 1, 1) * (height.view(-1, 1, 1) * base.view(1, -1, 1))
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def stroke_morphology(images: torch.Tensor, prob: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Dilate or erode each selected image (B, C, H, W) by a 3x3 window, with equal chance.
+
+    Dilation (a 3x3 maximum) thickens bright strokes on a dark ground and erosion (a 3x3
+    minimum) thins them, so whichever the polarity, the pair varies stroke width by about
+    one pixel on each side. Borders are replicated, so they do not grow a frame.
+    """
+    padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
+    dilated = F.max_pool2d(padded, kernel_size=3, stride=1)
+    eroded = -F.max_pool2d(-padded, kernel_size=3, stride=1)
+    chosen = _draw(images, generator)
+    dilate = chosen < prob / 2
+    erode = (chosen >= prob / 2) & (chosen < prob)
+    return _where_sample(dilate, dilated, _where_sample(erode, eroded, images))
 
 
 def _pixel_centres(size: int, device: torch.device) -> torch.Tensor:

@@ -68,6 +68,8 @@ class TrainConfig:
     augment: str | None = None  # preset name; None: the method's preset
     crop_scale_min: float | None = None
     horizontal_flip_prob: float | None = None
+    shear: float | None = None  # slant factors drawn from [-shear, shear]
+    morphology_prob: float | None = None  # share of views whose strokes are thickened or thinned
 
     # method settings
     temperature: float | None = None

@@ -18,6 +18,7 @@ from training.augment import (
     get_preset,
     preset_augmentation,
     random_resized_crop,
+    stroke_morphology,
     to_grayscale,
 )
 
@@ -114,6 +115,79 @@ def test_crop_keeps_sampled_area_when_box_is_clipped() -> None:
     out = random_resized_crop(ramp, (0.9, 0.9), (3.0, 3.0), 0.0, 101, seeded())
     column = out[0, 0, :, 50]
     assert float(column.max() - column.min()) == pytest.approx(0.9, abs=0.02)
+
+
+def vertical_bar(batch: int, size: int = 33) -> torch.Tensor:
+    """Return ``batch`` copies of a one-pixel-wide bright vertical bar in the middle column."""
+    bar = torch.zeros(batch, 1, size, size)
+    bar[..., size // 2] = 1.0
+    return bar
+
+
+def column_of_peak(image: torch.Tensor) -> torch.Tensor:
+    """Return the x position (H,) of each row's brightness centroid of an image (1, H, W)."""
+    xs = torch.arange(image.shape[-1], dtype=image.dtype)
+    return (image[0] * xs).sum(dim=-1) / image[0].sum(dim=-1)
+
+
+def test_shear_slants_vertical_bar() -> None:
+    out = random_resized_crop(vertical_bar(16), (1.0, 1.0), (1.0, 1.0), 0.0, 33, seeded(), shear=0.5)
+    slopes = []
+    for sample in out:
+        centres = column_of_peak(sample)[4:-4]  # rows away from the reflected border
+        slope = float((centres[-1] - centres[0]) / (len(centres) - 1))
+        slopes.append(slope)
+        # a straight slanted line: every row's centre lies on the line through the ends
+        line = torch.linspace(float(centres[0]), float(centres[-1]), len(centres))
+        assert torch.allclose(centres, line, atol=0.05)
+    assert max(abs(slope) for slope in slopes) <= 0.5 + 1e-3
+    assert len({round(slope, 4) for slope in slopes}) == 16
+
+
+def test_shear_is_about_the_centre() -> None:
+    out = random_resized_crop(vertical_bar(8), (1.0, 1.0), (1.0, 1.0), 0.0, 33, seeded(), shear=0.5)
+    for sample in out:
+        assert float(column_of_peak(sample)[16]) == pytest.approx(16.0, abs=1e-3)
+
+
+def test_zero_shear_draws_nothing_extra() -> None:
+    # Runs recorded before shear existed must give the same views.
+    batch = images()
+    plain = random_resized_crop(batch, (0.2, 1.0), (3 / 4, 4 / 3), 0.5, 16, seeded())
+    assert torch.equal(random_resized_crop(batch, (0.2, 1.0), (3 / 4, 4 / 3), 0.5, 16, seeded(), shear=0.0), plain)
+
+
+def test_morphology_dilates_or_erodes_a_point() -> None:
+    point = torch.zeros(64, 1, 9, 9)
+    point[..., 4, 4] = 1.0
+    out = stroke_morphology(point, 1.0, seeded())
+    sums = out.sum(dim=(1, 2, 3))
+    # dilation grows the point to its 3x3 neighbourhood, erosion removes it
+    assert set(sums.tolist()) == {0.0, 9.0}
+    dilated = out[sums == 9.0]
+    assert bool((dilated[..., 3:6, 3:6] == 1.0).all())
+    assert 16 <= int((sums == 9.0).sum()) <= 48
+
+
+def test_morphology_thickens_dark_strokes_too() -> None:
+    # A dark line on a bright ground: erosion widens the line, dilation removes it.
+    line = torch.ones(64, 1, 9, 9)
+    line[..., 4, :] = 0.0
+    out = stroke_morphology(line, 1.0, seeded())
+    dark_rows = (out[:, 0, :, 4] == 0.0).sum(dim=-1)
+    assert set(dark_rows.tolist()) == {0, 3}
+
+
+def test_morphology_probability_zero_keeps_images() -> None:
+    batch = images()
+    assert torch.equal(stroke_morphology(batch, 0.0, seeded()), batch)
+
+
+def test_morphology_applies_to_about_prob_of_samples() -> None:
+    batch = images(batch=400, channels=1)
+    out = stroke_morphology(batch, 0.5, seeded())
+    changed = (out != batch).flatten(1).any(dim=1).float().mean()
+    assert 0.4 < float(changed) < 0.6
 
 
 def test_brightness_factor_differs_per_sample() -> None:
@@ -246,6 +320,9 @@ def test_preset_augmentation_applies_overrides() -> None:
         {"hue": 0.6},
         {"blur_sigma": (0.0, 1.0)},
         {"solarize_threshold": 2.0},
+        {"shear": -0.1},
+        {"shear": 1.5},
+        {"morphology_prob": 1.2},
     ],
 )
 def test_config_rejects_invalid_settings(settings: dict) -> None:
@@ -313,3 +390,17 @@ def test_color_jitter_matches_per_image_loop(preset: str, channels: int) -> None
     batch = images(batch=64, channels=channels, size=6)
     expected = jitter_one_at_a_time(batch, config, seed=3)
     assert torch.allclose(color_jitter(batch, config, seeded(3)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "mae", "rotation", "jigsaw", "inpainting"])
+def test_methods_apply_shear_and_morphology_flags(tmp_path, digits, method: str) -> None:
+    from tests.training.helpers import TINY_RESNET, tiny_config
+    from training.methods import method_class
+
+    encoder = {"encoder": "vit", "encoder_width": 16, "encoder_depth": 1, "heads": 2} if method == "mae" else TINY_RESNET
+    config = tiny_config(tmp_path, method, **encoder, shear=0.2, morphology_prob=0.4)
+    built = method_class(method).from_data(config, digits)
+    augmentations = getattr(built, "augmentations", None) or [built.augmentation]
+    for augmentation in augmentations:
+        assert augmentation.config.shear == 0.2
+        assert augmentation.config.morphology_prob == 0.4

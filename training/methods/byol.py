@@ -7,11 +7,10 @@ import copy
 import torch
 from torch import nn
 
-from training.augment import preset_augmentation
 from training.config import TrainConfig
 from training.losses.byol import byol_loss
 from training.methods.base import projection_head
-from training.methods.image import ImageMethod
+from training.methods.image import ImageMethod, configured_augmentation
 from training.schedules import cosine_momentum
 
 
@@ -48,7 +47,7 @@ class BYOL(ImageMethod):
         # configured preset replaces both.
         presets = (config.augment, config.augment) if config.augment else ("byol", "byol_view2")
         self.augmentations = [
-            preset_augmentation(preset, config.crop_scale_min, config.horizontal_flip_prob) for preset in presets
+            configured_augmentation(preset, config) for preset in presets
         ]
 
     def lr_scales(self) -> dict[nn.Module, float]:

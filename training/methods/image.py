@@ -7,9 +7,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from training.augment import BatchAugmentation, preset_augmentation
 from training.config import TrainConfig
 from training.encoders import build_encoder
 from training.methods.base import ExportSpec, Method, Normalize
+
+
+def configured_augmentation(preset: str, config: TrainConfig) -> BatchAugmentation:
+    """Build the augmentation preset ``preset`` with the run's crop, flip, shear and morphology overrides."""
+    return preset_augmentation(
+        preset, config.crop_scale_min, config.horizontal_flip_prob, config.shear, config.morphology_prob
+    )
 
 
 def image_architecture(config: TrainConfig, channels: int, image_size: int, default: str = "resnet") -> dict[str, Any]:

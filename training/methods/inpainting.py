@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.augment import preset_augmentation
 from training.config import TrainConfig
 from training.losses.inpainting import masked_pixel_loss
-from training.methods.image import ImageMethod
+from training.methods.image import ImageMethod, configured_augmentation
 
 MASK_KINDS = ("center", "block", "patches")
 # Share of the image hidden by every mask kind: a block of half the side, as in the paper.
@@ -110,9 +109,7 @@ class Inpainting(ImageMethod):
             raise ValueError(f"decoder_width must be positive, got {config.decoder_width}")
         self.mask_kind = config.inpainting_mask
         self.decoder = ConvDecoder(self.embedding_dim, channels, image_size, config.decoder_width)
-        self.augmentation = preset_augmentation(
-            config.augment or "crop_flip", config.crop_scale_min, config.horizontal_flip_prob
-        )
+        self.augmentation = configured_augmentation(config.augment or "crop_flip", config)
 
     def training_step(self, batch: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         images = self.normalize(self.augmentation(batch, generator))

@@ -10,10 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.augment import preset_augmentation
 from training.config import TrainConfig
 from training.methods.base import projection_head
-from training.methods.image import ImageMethod
+from training.methods.image import ImageMethod, configured_augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +154,7 @@ class Jigsaw(ImageMethod):
         self.classifier = projection_head(
             self.grid**2 * self.embedding_dim, config.projection_hidden_dim, len(permutations), batch_norm=False
         )
-        self.augmentation = preset_augmentation(config.augment or "crop", config.crop_scale_min, config.horizontal_flip_prob)
+        self.augmentation = configured_augmentation(config.augment or "crop", config)
 
     @property
     def minimum_hamming_distance(self) -> int:

@@ -7,11 +7,10 @@ import logging
 import torch
 from torch import nn
 
-from training.augment import preset_augmentation
 from training.config import TrainConfig
 from training.encoders.vit import TransformerBlock, VisionTransformer, sincos_position_embedding
 from training.losses.mae import mae_loss
-from training.methods.image import ImageMethod
+from training.methods.image import ImageMethod, configured_augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +104,7 @@ class MAE(ImageMethod):
         self.decoder = MAEDecoder(
             self.encoder.width, config.decoder_width, config.decoder_depth, self.encoder.grid_size, patch_dim
         )
-        self.augmentation = preset_augmentation(
-            config.augment or "crop_flip", config.crop_scale_min, config.horizontal_flip_prob
-        )
+        self.augmentation = configured_augmentation(config.augment or "crop_flip", config)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """Return the patches (N, L, p*p*C) of images (N, C, H, W), row-major like the ViT tokens."""

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.augment import preset_augmentation
 from training.config import TrainConfig
 from training.methods.base import projection_head
-from training.methods.image import ImageMethod
+from training.methods.image import ImageMethod, configured_augmentation
 
 ROTATIONS = 4  # 0, 90, 180 and 270 degrees, counter-clockwise
 
@@ -43,9 +42,7 @@ class RotationPrediction(ImageMethod):
     def __init__(self, config: TrainConfig, channels: int, image_size: int, mean: list[float], std: list[float]) -> None:
         super().__init__(config, channels, image_size, mean, std)
         self.classifier = projection_head(self.embedding_dim, config.projection_hidden_dim, ROTATIONS)
-        self.augmentation = preset_augmentation(
-            config.augment or "crop_flip", config.crop_scale_min, config.horizontal_flip_prob
-        )
+        self.augmentation = configured_augmentation(config.augment or "crop_flip", config)
 
     def training_step(self, batch: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         images = self.normalize(self.augmentation(batch, generator))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from training.augment import BatchAugmentation, get_preset
 from training.config import TrainConfig
 from training.losses import nt_xent
 from training.methods.base import projection_head
-from training.methods.image import ImageMethod
+from training.methods.image import ImageMethod, configured_augmentation
 
 
 class SimCLR(ImageMethod):
@@ -31,13 +30,7 @@ class SimCLR(ImageMethod):
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         self.projection = projection_head(self.embedding_dim, config.projection_hidden_dim, config.projection_dim)
         preset = config.augment or "simclr"
-        self.augmentation = BatchAugmentation(
-            get_preset(
-                preset,
-                crop_scale=(config.crop_scale_min, 1.0) if config.crop_scale_min else None,
-                horizontal_flip_prob=config.horizontal_flip_prob,
-            )
-        )
+        self.augmentation = configured_augmentation(preset, config)
 
     def training_step(self, batch: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         # Both views in one augmentation call: rows i and B + i of the (2B, C, H, W) batch
