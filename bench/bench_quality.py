@@ -16,7 +16,7 @@ max-pool) and base width 32, giving 256-dimensional embeddings, for every method
 MAE trains a ViT of width 192, depth 6 and 3 heads on 4 px patches (64 tokens), giving
 192-dimensional embeddings. Letters change identity when mirrored or cut down to a stroke,
 so no method flips and every crop keeps at least 40 % of the area. SimCLR and BYOL (both
-views) use the ``glyphs`` preset (crops, slant, thicker or thinner strokes, brightness and
+views) use the ``fonts`` preset (crops, slant, thicker or thinner strokes, brightness and
 contrast jitter, light blur). The
 reconstruction and pretext methods use the ``crop`` preset (crops only). Every train image
 trains the encoder (no hold-out), because the test split measures it.
@@ -78,7 +78,7 @@ MODE_DEFAULTS: dict[str, tuple[Any, Any]] = {
     "limit": (None, 1000),
 }
 AUGMENTATIONS = {
-    "simclr": "glyphs", "byol": "glyphs", "mae": "crop", "rotation": "crop", "jigsaw": "crop", "inpainting": "crop",
+    "simclr": "fonts", "byol": "fonts", "mae": "crop", "rotation": "crop", "jigsaw": "crop", "inpainting": "crop",
 }
 # ssl-eval's settings, written out so that the record does not depend on its defaults.
 KNN_K = 20

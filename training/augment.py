@@ -59,7 +59,7 @@ class AugmentationConfig:
         if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
             raise ValueError(f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
         if not 0.0 <= self.shear <= 1.0:
-            raise ValueError(f"shear must be in [0, 1] (a slant of at most 45 degrees), got {self.shear}")
+            raise ValueError(f"shear must be in [0, 1] (x shift per unit of y, in the crop box's coordinates), got {self.shear}")
         probabilities = ("horizontal_flip_prob", "morphology_prob", "color_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob")
         for name in probabilities:
             value = getattr(self, name)
@@ -88,9 +88,15 @@ PRESETS: dict[str, AugmentationConfig] = {
     "byol": AugmentationConfig(saturation=0.2, blur_prob=1.0, solarize_prob=0.0),
     "byol_view2": AugmentationConfig(saturation=0.2, blur_prob=0.1, solarize_prob=0.2),
     # Glyphs and digits: mirroring or cutting away most of a character changes its
-    # identity, so crops keep at least 40 % of the area and nothing is flipped. Fonts
-    # differ mostly in slant and stroke weight, so views also differ in both.
+    # identity, so crops keep at least 40 % of the area and nothing is flipped.
     "glyphs": AugmentationConfig(
+        crop_scale=(0.4, 1.0), crop_ratio=(0.8, 1.25), horizontal_flip_prob=0.0, brightness=0.5, contrast=0.5,
+        saturation=0.0, hue=0.0, grayscale_prob=0.0, blur_prob=0.3, blur_sigma=(0.1, 1.0),
+    ),
+    # Characters rendered from many fonts, 32 px or larger: ``glyphs`` plus views that
+    # differ in slant and stroke weight, the main ways fonts of one letter differ. At
+    # 8 px a 3x3 erosion erases most strokes, so small digits keep ``glyphs``.
+    "fonts": AugmentationConfig(
         crop_scale=(0.4, 1.0), crop_ratio=(0.8, 1.25), horizontal_flip_prob=0.0, shear=0.3, morphology_prob=0.5,
         brightness=0.5, contrast=0.5, saturation=0.0, hue=0.0, grayscale_prob=0.0, blur_prob=0.3, blur_sigma=(0.1, 1.0),
     ),
@@ -222,17 +228,21 @@ def random_resized_crop(
     grid[..., 1] = height.view(-1, 1, 1) * base.view(1, -1, 1) + center_y.view(-1, 1, 1)
     if shear > 0:
         # Slant: x moves with the output row, (B, 1, 1) * (1, S, 1) broadcast over columns.
-        factor = _uniform(images, -shear, shear, generator).float().to(images.dtype)
+        factor = _uniform(images, -shear, shear, generator)
         grid[..., 0] += factor.view(-1, 1, 1) * (height.view(-1, 1, 1) * base.view(1, -1, 1))
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # Without shear the grid stays inside the image and the padding never shows. A slanted
+    # box reaches past the sides, where reflection would mirror strokes into false ones.
+    padding = "border" if shear > 0 else "reflection"
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
 
 def stroke_morphology(images: torch.Tensor, prob: float, generator: torch.Generator | None) -> torch.Tensor:
     """Dilate or erode each selected image (B, C, H, W) by a 3x3 window, with equal chance.
 
-    Dilation (a 3x3 maximum) thickens bright strokes on a dark ground and erosion (a 3x3
-    minimum) thins them, so whichever the polarity, the pair varies stroke width by about
-    one pixel on each side. Borders are replicated, so they do not grow a frame.
+    Dilation (a 3x3 maximum) thickens bright strokes on a dark ground by one pixel on each
+    side and erosion (a 3x3 minimum) thins them by as much, and the reverse for dark
+    strokes. That is strong at small sizes: on 32 px glyphs an erosion keeps about a third
+    of the ink of a typical letter. Borders are replicated, so they do not grow a frame.
     """
     padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
     dilated = F.max_pool2d(padded, kernel_size=3, stride=1)

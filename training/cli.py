@@ -33,6 +33,11 @@ FLAG_HELP = {
     "keep_checkpoints": "number of newest checkpoints to keep (0 keeps all)",
     "log_every": "log a progress line every this many steps",
     "grad_clip": "clip the global gradient norm to this value (0 turns clipping off)",
+    "augment": "augmentation preset, such as simclr, byol, glyphs, fonts or crop (default: the method's)",
+    "crop_scale_min": "smallest crop area fraction, overriding the preset's",
+    "horizontal_flip_prob": "probability of a horizontal flip, overriding the preset's",
+    "shear": "largest horizontal slant factor of a view, overriding the preset's (fonts: 0.3)",
+    "morphology_prob": "share of views whose strokes are thickened or thinned by one pixel, overriding the preset's (fonts: 0.5)",
     "predictor_lr_scale": "learning rate of BYOL's prediction head as a multiple of the schedule's (default 30)",
     "sync_batch_norm": "synchronise BatchNorm statistics across ranks under torchrun (CUDA only)",
     "text_dropout": (

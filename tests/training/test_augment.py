@@ -141,6 +141,8 @@ def test_shear_slants_vertical_bar() -> None:
         line = torch.linspace(float(centres[0]), float(centres[-1]), len(centres))
         assert torch.allclose(centres, line, atol=0.05)
     assert max(abs(slope) for slope in slopes) <= 0.5 + 1e-3
+    assert max(abs(slope) for slope in slopes) > 0.3
+    assert min(slopes) < 0 < max(slopes)
     assert len({round(slope, 4) for slope in slopes}) == 16
 
 
@@ -150,11 +152,31 @@ def test_shear_is_about_the_centre() -> None:
         assert float(column_of_peak(sample)[16]) == pytest.approx(16.0, abs=1e-3)
 
 
+def test_shear_keeps_centre_row_of_flipped_crops() -> None:
+    # The shear factor is drawn last, so the same seed gives the same boxes with and without it.
+    batch = images(batch=8, channels=1, size=33)
+    plain = random_resized_crop(batch, (0.3, 0.6), (3 / 4, 4 / 3), 1.0, 33, seeded())
+    slanted = random_resized_crop(batch, (0.3, 0.6), (3 / 4, 4 / 3), 1.0, 33, seeded(), shear=0.5)
+    assert torch.allclose(slanted[..., 16, :], plain[..., 16, :], atol=1e-5)
+    assert not torch.allclose(slanted, plain, atol=1e-3)
+
+
+def test_shear_adds_no_mirrored_strokes() -> None:
+    # A bar at the right edge: a slanted box reaches past it and must not reflect it back.
+    bar = torch.zeros(16, 1, 32, 32)
+    bar[..., 29:31] = 1.0
+    out = random_resized_crop(bar, (1.0, 1.0), (1.0, 1.0), 0.0, 32, seeded(), shear=0.3)
+    assert float(out[..., :24].max()) == 0.0
+
+
 def test_zero_shear_draws_nothing_extra() -> None:
-    # Runs recorded before shear existed must give the same views.
-    batch = images()
-    plain = random_resized_crop(batch, (0.2, 1.0), (3 / 4, 4 / 3), 0.5, 16, seeded())
-    assert torch.equal(random_resized_crop(batch, (0.2, 1.0), (3 / 4, 4 / 3), 0.5, 16, seeded(), shear=0.0), plain)
+    # Runs recorded before shear existed must draw the same random numbers.
+    generator = seeded()
+    random_resized_crop(images(), (0.2, 1.0), (3 / 4, 4 / 3), 0.5, 16, generator, shear=0.0)
+    expected = seeded()
+    for _ in range(5):  # area, aspect, centre x, centre y, flip
+        torch.rand(8, generator=expected)
+    assert torch.equal(generator.get_state(), expected.get_state())
 
 
 def test_morphology_dilates_or_erodes_a_point() -> None:
@@ -186,8 +208,13 @@ def test_morphology_probability_zero_keeps_images() -> None:
 def test_morphology_applies_to_about_prob_of_samples() -> None:
     batch = images(batch=400, channels=1)
     out = stroke_morphology(batch, 0.5, seeded())
-    changed = (out != batch).flatten(1).any(dim=1).float().mean()
-    assert 0.4 < float(changed) < 0.6
+    changed = (out != batch).flatten(1).any(dim=1)
+    dilated = changed & (out >= batch).flatten(1).all(dim=1)
+    eroded = changed & (out <= batch).flatten(1).all(dim=1)
+    assert 0.4 < float(changed.float().mean()) < 0.6
+    assert 0.15 < float(dilated.float().mean()) < 0.35
+    assert 0.15 < float(eroded.float().mean()) < 0.35
+    assert int((dilated | eroded).sum()) == int(changed.sum())
 
 
 def test_brightness_factor_differs_per_sample() -> None:

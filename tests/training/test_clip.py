@@ -136,6 +136,14 @@ def test_make_batch_dict(tmp_path, glyph_npz):
     assert batch["input_ids"].shape == batch["attention_mask"].shape
 
 
+def test_image_tower_takes_augmentation_flags(tmp_path, glyph_npz):
+    config = clip_config(tmp_path, glyph_npz, crop_scale_min=0.5, shear=0.2, morphology_prob=0.4)
+    method = CLIP.from_data(config, load_pair_dataset(config))
+    assert method.augmentation.config.crop_scale == (0.5, 1.0)
+    assert method.augmentation.config.shear == 0.2
+    assert method.augmentation.config.morphology_prob == 0.4
+
+
 def test_training_step_terms(tmp_path, glyph_npz):
     config = clip_config(tmp_path, glyph_npz)
     pairs = load_pair_dataset(config)

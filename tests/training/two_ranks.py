@@ -12,6 +12,7 @@ import os
 import socket
 from collections.abc import Callable
 from datetime import timedelta
+from multiprocessing.process import BaseProcess
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -52,13 +53,7 @@ def run_two_ranks(work: Work, out_dir: str) -> None:
     other = mp.get_context("spawn").Process(target=spawned_rank, args=(work, port, out_dir))
     other.start()
     try:
-        join_group(0, port)
-        try:
-            work(0, out_dir)
-            dist.barrier()
-        finally:
-            other.join(timeout=JOIN_SECONDS)
-            dist.destroy_process_group()
+        _run_rank_zero(work, port, out_dir, other)
     finally:
         if other.is_alive():
             other.kill()
@@ -69,3 +64,25 @@ def run_two_ranks(work: Work, out_dir: str) -> None:
             os.environ["GLOO_SOCKET_IFNAME"] = interface
     if other.exitcode != 0:
         raise AssertionError(f"rank 1 exited with code {other.exitcode}")
+
+
+def _run_rank_zero(work: Work, port: int, out_dir: str, other: BaseProcess) -> None:
+    """Run rank 0 and leave the group after rank 1 has exited.
+
+    When rank 0 fails, rank 1 is killed at once instead of waiting out the collective
+    timeout. When rank 0 fails because rank 1 died first (gloo reports a closed
+    connection), the error names rank 1's exit code.
+    """
+    join_group(0, port)
+    try:
+        work(0, out_dir)
+        dist.barrier()
+    except BaseException as error:
+        other.join(timeout=1)
+        if other.exitcode not in (None, 0):
+            raise AssertionError(f"rank 1 exited with code {other.exitcode}") from error
+        other.kill()
+        raise
+    finally:
+        other.join(timeout=JOIN_SECONDS)
+        dist.destroy_process_group()

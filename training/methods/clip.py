@@ -9,13 +9,12 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from training.augment import BatchAugmentation, get_preset
 from training.config import TrainConfig
 from training.encoders import build_encoder
 from training.losses import CLIPLoss
 from training.losses.clip import INITIAL_TEMPERATURE
 from training.methods.base import ExportSpec, Method, Normalize
-from training.methods.image import image_architecture
+from training.methods.image import configured_augmentation, image_architecture
 from training.methods.text import (
     PretrainedText,
     load_pretrained_text,
@@ -114,7 +113,7 @@ class CLIP(Method):
             load_pretrained_weights(self.text_encoder.inner, pretrained_text)
 
         self.normalize = Normalize(mean, std)
-        self.augmentation = BatchAugmentation(get_preset(config.augment or "crop"))
+        self.augmentation = configured_augmentation(config.augment or "crop", config)
         self.loss = CLIPLoss(initial_temperature=config.temperature or INITIAL_TEMPERATURE)
 
     @classmethod
