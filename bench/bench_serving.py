@@ -388,7 +388,8 @@ def parse_args() -> argparse.Namespace:
         action="append",
         default=[],
         metavar="LABEL:SETTING=VALUE[,SETTING=VALUE]",
-        help="also measure the batched server with these settings changed, such as one-thread:large_batch_items=0",
+        help="also measure the batched server with these settings or environment variables changed, "
+        "such as one-thread:large_batch_items=0 or spin:OMP_WAIT_POLICY=ACTIVE",
     )
     parser.add_argument("--raw-seconds", type=float, help="maximum seconds per raw batch size (default: 3, --quick: 0.4)")
     args = parser.parse_args()
@@ -408,16 +409,25 @@ def parse_args() -> argparse.Namespace:
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    """Parse ``LABEL:SETTING=VALUE[,SETTING=VALUE]`` into a label and the server's environment."""
+    """Parse ``LABEL:SETTING=VALUE[,SETTING=VALUE]`` into a label and the server's environment.
+
+    A SETTING is a service setting (``max_batch_size``, passed as ``EMBED_MAX_BATCH_SIZE``)
+    or an upper-case environment variable passed as it is, such as ``OMP_WAIT_POLICY``.
+    """
     label, _, assignments = text.partition(":")
     if not label or not assignments:
         raise argparse.ArgumentTypeError(f"expected LABEL:SETTING=VALUE, got {text!r}")
     settings = {}
     for assignment in assignments.split(","):
         name, separator, value = assignment.partition("=")
-        if not separator or name not in Settings.model_fields:
-            raise argparse.ArgumentTypeError(f"expected SETTING=VALUE with a service setting, got {assignment!r}")
-        settings[f"EMBED_{name.upper()}"] = value
+        if separator and name in Settings.model_fields:
+            settings[f"EMBED_{name.upper()}"] = value
+        elif separator and name.isupper() and not name.startswith("EMBED_"):
+            settings[name] = value
+        else:
+            raise argparse.ArgumentTypeError(
+                f"expected SETTING=VALUE with a service setting or an upper-case environment variable, got {assignment!r}"
+            )
     return label, settings
 
 
