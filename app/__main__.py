@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import typing
 from pathlib import Path
@@ -23,11 +22,6 @@ from app.settings import ENV_PREFIX, Settings
 logger = logging.getLogger("app")
 
 ENV_ONLY_FIELDS = {"api_key"}
-# GNU OpenMP, which CPU builds of torch use, keeps idle worker threads spinning for a
-# while after each parallel region. Between the batches of a loaded server that spinning
-# took CPU from the event loop (3.2 ms of CPU per one-text request against 1.0 ms
-# without), so by default they sleep.
-DEFAULT_OMP_WAIT_POLICY = "PASSIVE"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the service until it is interrupted."""
     settings = parse_settings(argv)
     configure_logging(settings.log_level)
-    set_openmp_wait_policy()
-    from app.main import create_app  # loads torch, and with it OpenMP, after the policy is set
+    # Importing the app loads torch, which takes seconds, so flags are checked before it.
+    from app.main import create_app
 
     logger.info("serving %s on http://%s:%d", settings.models_dir, settings.host, settings.port)
     uvicorn.run(
@@ -115,19 +109,6 @@ def main(argv: list[str] | None = None) -> None:
         log_config=None,  # keep the logging set up above
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,
     )
-
-
-def set_openmp_wait_policy() -> None:
-    """Make idle OpenMP threads sleep unless ``OMP_WAIT_POLICY`` is set, and warn when torch is already loaded.
-
-    OpenMP reads the variable once, when torch loads it, so this must run before the
-    first import of torch in the process.
-    """
-    if "OMP_WAIT_POLICY" in os.environ:
-        return
-    os.environ["OMP_WAIT_POLICY"] = DEFAULT_OMP_WAIT_POLICY
-    if "torch" in sys.modules:
-        logger.warning("torch was loaded before OMP_WAIT_POLICY was set; idle OpenMP threads may keep spinning")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ BENCHES = {
     "bench_methods": [],
     "bench_bank_auroc": ["--model", "digits-simclr"],
     "bench_quality": [],
+    "bench_request_cpu": [],
 }
 TIMEOUT_S = 300
 
