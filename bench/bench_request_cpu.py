@@ -8,9 +8,10 @@ from ``--concurrency`` kept-alive connections. It reads the server's CPU seconds
 the machine's load falls on all of them alike. ``--busy-cores N`` keeps N other processes
 spinning meanwhile, as a training job beside the server would.
 
-Sleeping threads make each parallel region wake them, so the script also times the image
-model's two-thread forward pass per policy, in a fresh process each (OpenMP reads the
-policy when torch loads), with an idle gap before each call as between a server's batches.
+Sleeping threads must be woken at each parallel region, so the script also times the
+image model's two-thread forward pass under each policy. Each policy gets a fresh process,
+because OpenMP reads the policy when torch loads. An idle gap precedes each call, as
+between a server's batches.
 
     python -m bench.bench_request_cpu                  # 3 rounds of 2000 requests per policy
     python -m bench.bench_request_cpu --busy-cores 1   # the same beside one busy core
@@ -22,8 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -50,8 +51,6 @@ MODEL = "debian-simcse"
 # A busy process spins until this many seconds have passed, even if the bench dies first.
 BUSY_LIMIT_S = 1800
 BUSY_LOOP = f"import time\nend = time.monotonic() + {BUSY_LIMIT_S}\nwhile time.monotonic() < end:\n    pass\n"
-
-
 FORWARD_IMAGE_MODEL = "glyphs-simclr"
 FORWARD_BATCHES = (1, 8, 128)
 FORWARD_GAP_S = 0.002
@@ -117,16 +116,15 @@ async def send_round(base_url: str, count: int, concurrency: int) -> float:
 def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, list[dict[str, float]]]:
     """Return per policy one row per round: server CPU ms per request and requests/s."""
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in POLICIES}
-    sent = args.requests - args.requests % args.concurrency
     for round_number in range(args.rounds):
         for name, environment in POLICIES.items():
             log_path = work_dir / f"server-{round_number}-{len(rows[name])}.log"
             with running_server(args.models_dir, work_dir / "var", log_path, environment) as server:
                 asyncio.run(send_round(server.base_url, args.concurrency * 10, args.concurrency))  # warm-up
                 before = server.cpu_seconds()
-                seconds = asyncio.run(send_round(server.base_url, sent, args.concurrency))
+                seconds = asyncio.run(send_round(server.base_url, args.requests, args.concurrency))
                 cpu = server.cpu_seconds() - before
-            row = {"cpu_ms_per_request": round(cpu / sent * 1000, 3), "requests_per_s": round(sent / seconds, 1)}
+            row = {"cpu_ms_per_request": round(cpu / args.requests * 1000, 3), "requests_per_s": round(args.requests / seconds, 1)}
             logger.info("round %d, %s: %s", round_number + 1, name, row)
             rows[name].append(row)
     return rows
@@ -145,6 +143,7 @@ def parse_args() -> argparse.Namespace:
     args.rounds = args.rounds or (1 if args.quick else 3)
     if args.requests < args.concurrency or args.rounds < 1 or args.concurrency < 1 or args.busy_cores < 0:
         parser.error("--requests must be at least --concurrency, --rounds and --concurrency positive, --busy-cores not negative")
+    args.requests -= args.requests % args.concurrency  # so that every connection sends as many requests
     return args
 
 
@@ -170,7 +169,7 @@ def main() -> None:
         "model": MODEL,
         "concurrency": args.concurrency,
         "busy_cores": args.busy_cores,
-        "requests_per_round": args.requests - args.requests % args.concurrency,
+        "requests_per_round": args.requests,
         "policies": rows,
         "forward_model": FORWARD_IMAGE_MODEL,
         "forward_p50_ms_by_batch": forward,

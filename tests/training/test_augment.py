@@ -134,7 +134,7 @@ def test_shear_slants_vertical_bar() -> None:
     out = random_resized_crop(vertical_bar(16), (1.0, 1.0), (1.0, 1.0), 0.0, 33, seeded(), shear=0.5)
     slopes = []
     for sample in out:
-        centres = column_of_peak(sample)[4:-4]  # rows away from the reflected border
+        centres = column_of_peak(sample)[4:-4]  # inner rows, away from the top and bottom edges
         slope = float((centres[-1] - centres[0]) / (len(centres) - 1))
         slopes.append(slope)
         # a straight slanted line: every row's centre lies on the line through the ends
