@@ -20,7 +20,7 @@ import torch
 
 from app.errors import InferenceFailed, NotReady, Overloaded, ServiceError
 from app.metrics import ServiceMetrics
-from app.registry import LoadedModel
+from app.registry import LoadedModel, ModelInput
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class _Entry:
 
     request: _Request
     position: int
-    input: torch.Tensor
+    input: ModelInput
 
 
 @dataclass
@@ -113,7 +113,7 @@ class DynamicBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def submit(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+    async def submit(self, inputs: list[ModelInput]) -> torch.Tensor:
         """Queue preprocessed inputs and return their raw embeddings (N, D) float32, in order.
 
         Raises Overloaded (503 with Retry-After) when the queue has no room for all of
@@ -239,7 +239,7 @@ class DynamicBatcher:
             return self.large_batch_threads
         return self.torch_threads
 
-    def _encode(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+    def _encode(self, inputs: list[ModelInput]) -> torch.Tensor:
         """Run the model on ``inputs`` in the inference thread, with the threads their batch size calls for."""
         if not self._initial_threads:
             self._initial_threads = torch.get_num_threads()

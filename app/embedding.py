@@ -20,11 +20,11 @@ from app.cache import CachedEmbedding, content_key
 from app.errors import InvalidInput, PayloadTooLarge, ServiceError, Timeout
 from app.limits import check_item_count, check_text_length
 from app.preprocess import decode_image_item
-from app.registry import LoadedModel
+from app.registry import LoadedModel, ModelInput
 from app.schemas import EmbeddingItem, ImageItem, ParsedItem, TextItem
 from app.state import ServiceState
 from training.artifact import ImagePreprocessing
-from training.tokenizer import tokenize_batch
+from training.tokenizer import encode_texts
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def _cache_key(model: LoadedModel, item: TextItem | ImageItem) -> tuple[str, str
 
 async def _preprocess(
     state: ServiceState, model: LoadedModel, items: list[ParsedItem], where: list[str]
-) -> tuple[list[torch.Tensor], list[int], list[bool]]:
+) -> tuple[list[ModelInput], list[int], list[bool]]:
     """Return model inputs, token counts and truncation flags of ``items``, named ``where`` in errors."""
     loop = asyncio.get_running_loop()
     executor = state.preprocess_executor
@@ -297,12 +297,11 @@ def _decode_images(
     return decoded
 
 
-def _tokenize(model: LoadedModel, texts: list[str]) -> tuple[list[torch.Tensor], list[int], list[bool]]:
-    """Tokenize ``texts`` and return one unpadded id tensor (L_i,) per text, lengths and truncation flags."""
+def _tokenize(model: LoadedModel, texts: list[str]) -> tuple[list[list[int]], list[int], list[bool]]:
+    """Tokenize ``texts`` and return the unpadded token ids of each text, their lengths and truncation flags."""
     prep = model.text_preprocessing
-    batch = tokenize_batch(model.tokenizer, texts, prep.max_tokens, prep.lowercase)
-    inputs = [batch.input_ids[row, :length].clone() for row, length in enumerate(batch.lengths)]
-    return inputs, list(batch.lengths), list(batch.truncated)
+    sequences, truncated = encode_texts(model.tokenizer, texts, prep.max_tokens, prep.lowercase)
+    return sequences, [len(ids) for ids in sequences], truncated
 
 
 def _item_error(error: BaseException, where: str) -> ServiceError:

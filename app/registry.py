@@ -8,6 +8,7 @@ registry, so the service never serves a half-loaded model.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,9 +20,12 @@ from torch import nn
 from app.errors import InvalidInput, NotFound
 from app.settings import Settings
 from training.artifact import META_FILE, ArtifactMeta, ImagePreprocessing, TextPreprocessing, load_artifact
-from training.tokenizer import PAD_ID, tokenize_batch
+from training.tokenizer import encode_texts, pad_sequences
 
 logger = logging.getLogger(__name__)
+
+# Model input of one item: an image tensor (C, H, W) or a text's token ids.
+ModelInput = torch.Tensor | list[int]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 WARMUP_TEXT = "warm-up"
@@ -92,35 +96,20 @@ class LoadedModel:
             return 0
 
     @torch.inference_mode()
-    def encode(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+    def encode(self, inputs: Sequence[ModelInput]) -> torch.Tensor:
         """Run one forward pass over preprocessed inputs and return raw embeddings (N, D) float32 on the CPU.
 
         Image inputs are (C, H, W) float tensors, stacked to (N, C, H, W). Text inputs are
-        1-D token-id tensors of any length, padded to (N, L) with an attention mask that
-        is False on padding. Runs in a worker thread, never on the event loop.
+        token-id lists of any length, padded to (N, L) with an attention mask that is False
+        on padding. Runs in a worker thread, never on the event loop.
         """
         if self.modality == "image":
             images = torch.stack(inputs).to(self.device, self.dtype)  # (N, C, H, W)
             embeddings = self.encoder(images)
         else:
-            input_ids, attention_mask = pad_token_ids(inputs)
+            input_ids, attention_mask = pad_sequences(inputs)  # (N, L), (N, L)
             embeddings = self.encoder(input_ids.to(self.device), attention_mask.to(self.device))
         return embeddings.float().cpu()  # (N, D)
-
-
-def pad_token_ids(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad 1-D token-id tensors to input_ids (N, L) long and attention_mask (N, L) bool.
-
-    Padding positions hold ``[PAD]`` and a False mask, so an encoder that honours the mask
-    returns the same embedding for a text whatever the longest text of its batch is.
-    """
-    length = max(len(sequence) for sequence in sequences)
-    input_ids = torch.full((len(sequences), length), PAD_ID, dtype=torch.long)
-    attention_mask = torch.zeros(len(sequences), length, dtype=torch.bool)
-    for row, sequence in enumerate(sequences):
-        input_ids[row, : len(sequence)] = sequence
-        attention_mask[row, : len(sequence)] = True
-    return input_ids, attention_mask
 
 
 @dataclass
@@ -260,14 +249,14 @@ def warm_up(model: LoadedModel) -> None:
         raise ModelLoadError(f"{model.path}: warm-up produced non-finite embeddings")
 
 
-def warmup_input(model: LoadedModel) -> torch.Tensor:
-    """Return one preprocessed dummy input: a gray image (C, S, S) or a tokenized short text (L,)."""
+def warmup_input(model: LoadedModel) -> ModelInput:
+    """Return one preprocessed dummy input: a gray image (C, S, S) or the token ids of a short text."""
     if model.modality == "image":
         prep = model.image_preprocessing
         return torch.zeros(prep.channels, prep.size, prep.size)
     prep = model.text_preprocessing
-    tokens = tokenize_batch(model.tokenizer, [WARMUP_TEXT], prep.max_tokens, prep.lowercase)
-    return tokens.input_ids[0, : tokens.lengths[0]]
+    sequences, _ = encode_texts(model.tokenizer, [WARMUP_TEXT], prep.max_tokens, prep.lowercase)
+    return sequences[0]
 
 
 def load_models(settings: Settings, device: torch.device, dtype: torch.dtype) -> ModelRegistry:

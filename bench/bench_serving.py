@@ -49,7 +49,6 @@ import torch
 from PIL import Image
 
 from app.preprocess import decode_image_item
-from app.registry import pad_token_ids
 from app.settings import Settings
 from bench.artifacts import DEFAULT_MODELS_DIR, REPO_ROOT, ArtifactInfo, pick_artifact, single_model_dir
 from bench.common import write_result
@@ -58,7 +57,7 @@ from bench.logs import configure_logging
 from bench.plot import LinePanel, Reference, Series, save_figure
 from bench.server import ServerProcess, running_server
 from training.artifact import Artifact, load_artifact
-from training.tokenizer import tokenize_batch
+from training.tokenizer import encode_texts, pad_sequences
 
 logger = logging.getLogger("bench.serving")
 
@@ -127,8 +126,8 @@ def model_inputs(artifact: Artifact, payloads: list[str], max_pixels: int) -> li
         prep = artifact.meta.image_preprocessing()
         return [decode_image_item(payload, prep, max_pixels) for payload in payloads]
     prep = artifact.meta.text_preprocessing()
-    tokens = tokenize_batch(artifact.tokenizer, payloads, prep.max_tokens, prep.lowercase)
-    return [tokens.input_ids[row, :length].clone() for row, length in enumerate(tokens.lengths)]
+    sequences, _ = encode_texts(artifact.tokenizer, payloads, prep.max_tokens, prep.lowercase)
+    return sequences
 
 
 # --- raw forward -------------------------------------------------------------------------
@@ -146,7 +145,7 @@ def forward_function(artifact: Artifact, inputs: list[Any], batch_size: int, dev
                 encoder(images.to(device)).float().cpu()
 
         return run
-    input_ids, attention_mask = pad_token_ids(chosen)  # (B, L), (B, L)
+    input_ids, attention_mask = pad_sequences(chosen)  # (B, L), (B, L)
 
     def run_text() -> None:
         with torch.inference_mode():

@@ -12,15 +12,25 @@ The special tokens come first in the vocabulary, so their ids are fixed:
 :func:`tokenize_batch` is part of the model definition (the service imports it), so it
 never mutates the tokenizer: truncation and padding are done here on the encoded ids,
 and one tokenizer can be shared by threads.
+
+Only the first ``max_tokens`` tokens of a text are kept, so :func:`encode_texts` reads a
+long text in parts: it encodes a leading part that ends before a space, and reads more
+only when that part has too few tokens. The ids are the same as those of the whole text,
+because normalisation and the split into words never join characters across a space
+that follows a non-space character. Tokenizers whose normalizer or pre-tokenizer could
+do so are always given the whole text.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -35,6 +45,18 @@ SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
+
+# End of a leading part: a space, tab or newline right after a non-space character.
+# Normalisation cannot join characters across it, and the pre-tokenizers below start a
+# new word there.
+_PART_END = re.compile(r"(?<=\S)[ \t\n]")
+# Characters per wanted token in the first leading part. Debian package descriptions
+# average 4.3 characters per token of the shipped text model (99th percentile 5.7), and a
+# part with too few tokens is read again at twice the length.
+CHARS_PER_TOKEN = 6
+_PART_SAFE_NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase"})
+# Pre-tokenizers that only map characters or split; all but ByteLevel without its regex split at whitespace.
+_PART_SAFE_PRE_TOKENIZERS = frozenset({"ByteLevel", "Whitespace", "WhitespaceSplit", "BertPreTokenizer", "Digits", "Punctuation"})
 
 # 256 byte tokens plus the special tokens: a smaller vocabulary could not encode every byte.
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
@@ -94,28 +116,98 @@ def tokenize_batch(tokenizer: Tokenizer, texts: Sequence[str], max_tokens: int, 
     A text longer than ``max_tokens`` keeps its first ``max_tokens - 2`` tokens between
     ``[CLS]`` and ``[SEP]``. Lone surrogates, which are not valid Unicode, become U+FFFD.
     """
+    sequences, truncated = encode_texts(tokenizer, texts, max_tokens, lowercase)
+    input_ids, attention_mask = pad_sequences(sequences)
+    return TokenBatch(input_ids, attention_mask, [len(ids) for ids in sequences], truncated)
+
+
+def encode_texts(
+    tokenizer: Tokenizer, texts: Sequence[str], max_tokens: int, lowercase: bool, *, chars_per_token: int = CHARS_PER_TOKEN
+) -> tuple[list[list[int]], list[bool]]:
+    """Return the token ids of each text, cut to ``max_tokens`` as :func:`tokenize_batch` does, and whether it was cut.
+
+    A long text is encoded from a leading part of about ``chars_per_token * max_tokens``
+    characters. A part that yields too few tokens is read again at twice the length.
+    """
     if max_tokens < 2:
         raise ValueError(f"max_tokens must be at least 2 ([CLS] and [SEP]), got {max_tokens}")
     if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
         raise ValueError("texts must be a sequence of str")
     if len(texts) == 0:
         raise ValueError("texts must hold at least one text")
+    if chars_per_token < 1:
+        raise ValueError(f"chars_per_token must be at least 1, got {chars_per_token}")
     prepared = [_valid_unicode(text.lower() if lowercase else text) for text in texts]
-    encodings = tokenizer.encode_batch(prepared, add_special_tokens=True)
+    part_length = chars_per_token * max_tokens if reads_leading_parts(tokenizer) else None
 
-    sequences, truncated = [], []
-    for encoding in encodings:
-        ids = encoding.ids
-        # encode then cut: the last kept position becomes [SEP] again
-        truncated.append(len(ids) > max_tokens)
-        sequences.append(ids[: max_tokens - 1] + [SEP_ID] if len(ids) > max_tokens else ids)
+    encoded: list[list[int]] = [[] for _ in prepared]
+    pending = list(range(len(prepared)))
+    while pending:
+        parts = [_leading_part(prepared[index], part_length) for index in pending]
+        encodings = tokenizer.encode_batch_fast(parts, add_special_tokens=True)
+        unfinished = []
+        for index, part, encoding in zip(pending, parts, encodings):
+            # a part's ids are the first ids of its whole text, so more than max_tokens of them settle the cut
+            if len(encoding.ids) > max_tokens or len(part) == len(prepared[index]):
+                encoded[index] = encoding.ids
+            else:
+                unfinished.append(index)
+        pending = unfinished
+        if part_length is not None:
+            part_length *= 2
 
-    lengths = [len(ids) for ids in sequences]
-    input_ids = torch.full((len(sequences), max(lengths)), PAD_ID, dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    attention_mask = torch.arange(input_ids.shape[1]).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)  # (N, L)
-    return TokenBatch(input_ids, attention_mask, lengths, truncated)
+    # encode then cut: the last kept position becomes [SEP] again
+    truncated = [len(ids) > max_tokens for ids in encoded]
+    sequences = [ids[: max_tokens - 1] + [SEP_ID] if cut else ids for ids, cut in zip(encoded, truncated)]
+    return sequences, truncated
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token-id lists with ``[PAD]`` to input_ids (N, L) int64 and attention_mask (N, L) bool, True on real tokens.
+
+    Builds both in numpy from one flat array of all ids, which costs far less than a
+    tensor per text.
+    """
+    if len(sequences) == 0:
+        raise ValueError("sequences must hold at least one sequence of token ids")
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    attention_mask = np.arange(lengths.max()) < lengths[:, None]  # (N, L)
+    input_ids = np.full(attention_mask.shape, PAD_ID, dtype=np.int64)
+    input_ids[attention_mask] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+    return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+
+
+def reads_leading_parts(tokenizer: Tokenizer) -> bool:
+    """Return whether a leading part of a text, ended by ``_PART_END``, encodes to the first ids of the whole text.
+
+    True for the byte-level BPE tokenizers trained here and for any tokenizer whose
+    normalizers are Unicode normal forms or lowercasing and whose pre-tokenizer splits
+    words at whitespace, with no added token that contains whitespace.
+    """
+    normalizer = json.loads(tokenizer.normalizer.__getstate__()) if tokenizer.normalizer is not None else None
+    pre_tokenizer = json.loads(tokenizer.pre_tokenizer.__getstate__()) if tokenizer.pre_tokenizer is not None else None
+    steps = [] if normalizer is None else normalizer.get("normalizers", [normalizer])
+    if any(step.get("type") not in _PART_SAFE_NORMALIZERS for step in steps):
+        return False
+    if pre_tokenizer is None or not _splits_at_whitespace(pre_tokenizer):
+        return False
+    return not any(any(char.isspace() for char in added.content) for added in tokenizer.get_added_tokens_decoder().values())
+
+
+def _splits_at_whitespace(pre_tokenizer: dict[str, object]) -> bool:
+    """Return whether this pre-tokenizer (or sequence of them) starts a new word at every whitespace and joins nothing."""
+    steps = pre_tokenizer.get("pretokenizers") if pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]
+    if not isinstance(steps, list) or not steps or any(step.get("type") not in _PART_SAFE_PRE_TOKENIZERS for step in steps):
+        return False
+    return any(step.get("type") != "ByteLevel" or step.get("use_regex", True) for step in steps)
+
+
+def _leading_part(text: str, length: int | None) -> str:
+    """Return ``text`` up to the first part end at or after ``length`` characters, or all of it."""
+    if length is None or len(text) <= length:
+        return text
+    end = _PART_END.search(text, length)
+    return text[: end.start()] if end else text
 
 
 def _valid_unicode(text: str) -> str:

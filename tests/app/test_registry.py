@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from app.errors import InvalidInput, NotFound
-from app.registry import LoadedModel, ModelRegistry, discover_artifacts, load_model, pad_token_ids
+from app.registry import LoadedModel, ModelRegistry, discover_artifacts, load_model
 from tests.app.helpers import EMBEDDING_DIM, export_image_model, export_text_model
 
 CPU = torch.device("cpu")
@@ -46,8 +46,8 @@ def test_encode_image_shape(models: dict[str, LoadedModel]) -> None:
 
 def test_encode_text_padding_invariant(models: dict[str, LoadedModel]) -> None:
     model = models["pair-text"]
-    short = torch.tensor([2, 10, 3])
-    long = torch.tensor([2, 10, 11, 12, 13, 14, 3])
+    short = [2, 10, 3]
+    long = [2, 10, 11, 12, 13, 14, 3]
     alone = model.encode([short])
     padded = model.encode([short, long])
     torch.testing.assert_close(padded[0], alone[0], rtol=0, atol=1e-5)
@@ -104,9 +104,3 @@ def test_discover_skips_hidden(tmp_path: Path) -> None:
     export_image_model(tmp_path, ".hidden")
     (tmp_path / "empty").mkdir()
     assert discover_artifacts(tmp_path) == [tmp_path / "visible"]
-
-
-def test_pad_token_ids_shapes() -> None:
-    input_ids, attention_mask = pad_token_ids([torch.tensor([2, 5, 3]), torch.tensor([2, 3])])
-    assert input_ids.tolist() == [[2, 5, 3], [2, 3, 0]]
-    assert attention_mask.tolist() == [[True, True, True], [True, True, False]]
