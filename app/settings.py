@@ -53,19 +53,31 @@ class Settings(BaseSettings):
         "skip", description="skip an invalid artifact (logged) or fail start-up"
     )
     torch_threads: int = Field(
-        0, ge=0, le=1024, description="intra-op threads for inference; 0 picks the CPU count minus one, at least one"
+        0,
+        ge=0,
+        le=1024,
+        description="intra-op threads of each forward pass; 0 picks a stream's share of the CPUs minus one, at least one",
     )
     large_batch_threads: int = Field(
         0,
         ge=0,
         le=1024,
         description=(
-            "intra-op threads for batches of at least large_batch_items; 0 picks the CPU count when torch_threads "
-            "is 0 too, else torch_threads"
+            "intra-op threads for batches of at least large_batch_items; 0 picks a stream's share of the CPUs when "
+            "torch_threads is 0 too, else torch_threads"
         ),
     )
     large_batch_items: int = Field(
         8, ge=0, le=4096, description="batch size from which large_batch_threads apply; 0 never"
+    )
+    inference_streams: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description=(
+            "forward passes of one model that may run at once, each in its own thread with an equal share of the CPUs; "
+            "0 picks 2 on a CPU device with at least 2 cores, else 1"
+        ),
     )
     preprocess_threads: int = Field(
         0, ge=0, le=256, description="threads that decode images and tokenize text; 0 picks min(4, CPU count)"

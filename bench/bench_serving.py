@@ -40,6 +40,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from app.main import inference_streams
 from app.preprocess import decode_image_item
 from app.settings import Settings
 from bench.artifacts import DEFAULT_MODELS_DIR, REPO_ROOT, ArtifactInfo, pick_artifact, single_model_dir
@@ -187,35 +189,88 @@ def time_calls(function: Callable[[], None], max_calls: int, max_seconds: float,
     return times
 
 
+def concurrent_calls_per_s(function: Callable[[], None], streams: int, threads: int, max_seconds: float) -> float:
+    """Return calls per second of ``function`` run by ``streams`` threads at once, each with ``threads`` intra-op threads."""
+    calls = [0] * streams
+    start = threading.Barrier(streams + 1)
+    deadline = [0.0]
+
+    def loop(stream: int) -> None:
+        torch.set_num_threads(threads)  # per thread, as each of the server's inference threads sets it
+        for _ in range(WARMUP_CALLS):
+            function()
+        start.wait()
+        while time.perf_counter() < deadline[0]:
+            function()
+            calls[stream] += 1
+
+    workers = [threading.Thread(target=loop, args=(stream,)) for stream in range(streams)]
+    for worker in workers:
+        worker.start()
+    deadline[0] = time.perf_counter() + max_seconds + 60.0  # until every warm-up is done
+    start.wait()
+    started = time.perf_counter()
+    deadline[0] = started + max_seconds
+    for worker in workers:
+        worker.join()
+    return sum(calls) / (time.perf_counter() - started)
+
+
 def measure_raw(
-    artifact: Artifact, payloads: list[str], inputs: list[Any], batch_sizes: list[int], max_seconds: float, device: torch.device
+    artifact: Artifact,
+    payloads: list[str],
+    inputs: list[Any],
+    batch_sizes: list[int],
+    max_seconds: float,
+    device: torch.device,
+    streams: int,
 ) -> dict[str, Any]:
     """Return the batch-1 latency and the throughput at each batch size of the raw forward pass.
 
-    Also times the in-process pipeline (preprocessing of ``payloads`` and the forward) at
-    the forward's best batch size.
+    Each batch size is timed as one forward at a time on every CPU and, with ``streams``
+    above one, as that many forwards at once with an equal share of the CPUs each, as the
+    server runs them. The best of all is the limit of this machine. At that batch size and
+    layout it also times the in-process pipeline (preprocessing of ``payloads``, then the
+    forward).
     """
+    cpus = torch.get_num_threads()
+    share = max(1, cpus // streams)
     single = time_calls(forward_function(artifact, inputs, 1, device), 2000, max_seconds)
     rows = []
     for batch_size in batch_sizes:
-        times = time_calls(forward_function(artifact, inputs, batch_size, device), 1000, max_seconds)
-        rows.append({"batch_size": batch_size, "calls": len(times), "embeddings_per_s": round(batch_size * len(times) / sum(times), 1)})
-        logger.info("raw forward, batch %d: %.0f embeddings/s", batch_size, rows[-1]["embeddings_per_s"])
-    best = max(rows, key=lambda row: row["embeddings_per_s"])
-    pipeline = time_calls(pipeline_function(artifact, payloads, best["batch_size"], device), 1000, max_seconds)
-    pipeline_per_s = round(best["batch_size"] * len(pipeline) / sum(pipeline), 1)
-    logger.info("in-process preprocessing and forward, batch %d: %.0f embeddings/s", best["batch_size"], pipeline_per_s)
+        forward = forward_function(artifact, inputs, batch_size, device)
+        times = time_calls(forward, 1000, max_seconds)
+        row = {"batch_size": batch_size, "calls": len(times), "embeddings_per_s": round(batch_size * len(times) / sum(times), 1)}
+        if streams > 1:
+            row["streams_embeddings_per_s"] = round(batch_size * concurrent_calls_per_s(forward, streams, share, max_seconds), 1)
+        rows.append(row)
+        logger.info(
+            "raw forward, batch %d: %.0f embeddings/s, %s with %d streams",
+            batch_size, row["embeddings_per_s"], row.get("streams_embeddings_per_s", "-"), streams,
+        )
+    layouts = [(row["embeddings_per_s"], row["batch_size"], 1) for row in rows]
+    layouts += [(row["streams_embeddings_per_s"], row["batch_size"], streams) for row in rows if "streams_embeddings_per_s" in row]
+    best_per_s, best_batch, best_streams = max(layouts)
+    pipeline = pipeline_function(artifact, payloads, best_batch, device)
+    if best_streams == 1:
+        times = time_calls(pipeline, 1000, max_seconds)
+        pipeline_per_s = round(best_batch * len(times) / sum(times), 1)
+    else:
+        pipeline_per_s = round(best_batch * concurrent_calls_per_s(pipeline, best_streams, share, max_seconds), 1)
+    logger.info("in-process preprocessing and forward, batch %d, %d streams: %.0f embeddings/s", best_batch, best_streams, pipeline_per_s)
     return {
         "device": str(device),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": cpus,
+        "streams": streams,
         "batch1_ms": {
             "p50": round(statistics.median(single) * 1000, 3),
             "p95": round(float(np.percentile(single, 95)) * 1000, 3),
             "calls": len(single),
         },
         "by_batch_size": rows,
-        "best_batch_size": best["batch_size"],
-        "best_embeddings_per_s": best["embeddings_per_s"],
+        "best_batch_size": best_batch,
+        "best_streams": best_streams,
+        "best_embeddings_per_s": best_per_s,
         "pipeline_embeddings_per_s": pipeline_per_s,
     }
 
@@ -337,7 +392,7 @@ def plot_model(path: Path, name: str, raw: dict[str, Any], batched: list[dict[st
         log_y=True,
         x_ticks=levels,
         references=[
-            Reference(best, f"raw forward, batch {raw['best_batch_size']}"),
+            Reference(best, f"raw forward, batch {raw['best_batch_size']} x {raw['best_streams']} at once"),
             Reference(raw["pipeline_embeddings_per_s"], "in-process preprocessing and forward"),
             Reference(TARGET_RAW_RATIO * best, f"target {TARGET_RAW_RATIO}x raw"),
         ],
@@ -368,7 +423,8 @@ def bench_model(info: ArtifactInfo, args: argparse.Namespace, work_dir: Path) ->
     bodies = request_bodies(info.name, payloads, args.items_per_request, info.modality)
     inputs = model_inputs(artifact, payloads, Settings.model_fields["max_image_pixels"].default)
 
-    raw = measure_raw(artifact, payloads, inputs, args.batch_sizes, args.raw_seconds, device)
+    streams = args.raw_streams or inference_streams(Settings.model_construct(), device)  # defaults, as the bench server gets
+    raw = measure_raw(artifact, payloads, inputs, args.batch_sizes, args.raw_seconds, device, streams)
     dim = artifact.meta.embedding_dim
     del artifact, inputs  # the servers below are separate processes
     models_dir = single_model_dir(info, work_dir)
@@ -420,6 +476,12 @@ def parse_args() -> argparse.Namespace:
         help="also measure the batched server with these settings or environment variables changed, "
         "such as one-thread:large_batch_items=0 or spin:OMP_WAIT_POLICY=ACTIVE",
     )
+    parser.add_argument(
+        "--raw-streams",
+        type=int,
+        default=0,
+        help="concurrent forward passes the raw forward is also timed with (default: the server's default for this device)",
+    )
     parser.add_argument("--raw-seconds", type=float, help="maximum seconds per raw batch size (default: 3, --quick: 0.4)")
     args = parser.parse_args()
 
@@ -432,6 +494,8 @@ def parse_args() -> argparse.Namespace:
     for name in ("requests", "seconds", "warmup_seconds", "raw_seconds", "items_per_request"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.raw_streams < 0:
+        parser.error(f"--raw-streams must not be negative, got {args.raw_streams}")
     if min(args.concurrency) < 1 or min(args.batch_sizes) < 1:
         parser.error("--concurrency and --batch-sizes values must be at least 1")
     return args

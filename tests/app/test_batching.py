@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from app.batching import DynamicBatcher
-from app.errors import InferenceFailed
+from app.errors import InferenceFailed, NotReady
 from app.metrics import ServiceMetrics
 from app.registry import load_model
 from app.settings import Settings
@@ -237,3 +237,95 @@ async def test_preprocess_threads_keep_small_count(image_model_settings: Setting
 
         counts = [future.result(timeout=10) for future in [executor.submit(count_after_all_started) for _ in range(4)]]
     assert counts == [1, 1, 1, 1]
+
+
+def image_batcher(settings: Settings, encode=None, **overrides) -> tuple[DynamicBatcher, torch.Tensor]:
+    """Return a batcher of the tiny image model (its encode replaced by ``encode`` when given) and one input image."""
+    model = load_model(settings.models_dir / IMAGE_MODEL, torch.device("cpu"), torch.float32, set())
+    if encode is not None:
+        model.encode = encode(model.encode)
+    arguments = {"max_batch_size": 1, "max_wait_ms": 1.0, "max_queue_items": 64, "metrics": ServiceMetrics(), **overrides}
+    preprocessing = model.image_preprocessing
+    return DynamicBatcher(model, **arguments), torch.rand(preprocessing.channels, preprocessing.size, preprocessing.size)
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+async def test_streams_run_batches_at_once(image_model_settings: Settings, streams: int) -> None:
+    # two one-item batches meet at a barrier inside the forward pass, which only two streams can pass
+    barrier = threading.Barrier(2, timeout=2)
+
+    def meeting(encode):
+        def encode_after_barrier(inputs):
+            barrier.wait()
+            return encode(inputs)
+
+        return encode_after_barrier
+
+    batcher, image = image_batcher(image_model_settings, meeting, streams=streams)
+    batcher.start()
+    try:
+        results = await asyncio.gather(batcher.submit([image]), batcher.submit([image]), return_exceptions=True)
+    finally:
+        barrier.abort()
+        await batcher.stop()
+    if streams == 2:
+        assert all(isinstance(result, torch.Tensor) for result in results)
+        torch.testing.assert_close(results[0], results[1])
+    else:
+        assert all(isinstance(result, InferenceFailed) for result in results)
+
+
+async def test_streams_keep_items_in_order(image_model_settings: Settings) -> None:
+    batcher, _ = image_batcher(image_model_settings, streams=3, max_batch_size=4)
+    preprocessing = batcher.model.image_preprocessing
+    images = [torch.rand(preprocessing.channels, preprocessing.size, preprocessing.size) for _ in range(24)]
+    expected = batcher.model.encode(images)
+    batcher.start()
+    try:
+        results = await asyncio.gather(*(batcher.submit(images[start : start + 3]) for start in range(0, 24, 3)))
+    finally:
+        await batcher.stop()
+    torch.testing.assert_close(torch.cat(results), expected, rtol=1e-5, atol=1e-5)
+
+
+async def test_bug_in_batch_ends_worker(image_model_settings: Settings) -> None:
+    batcher, image = image_batcher(image_model_settings, streams=2)
+
+    def broken_deliver(batch, embeddings):
+        raise RuntimeError("planted bug")
+
+    batcher._deliver = broken_deliver
+    batcher.start()
+    try:
+        with pytest.raises(NotReady, match="stopped while computing"):
+            await batcher.submit([image])
+        await wait_until(lambda: not batcher.alive)
+        with pytest.raises(NotReady, match="not running"):
+            await batcher.submit([image])
+    finally:
+        await batcher.stop()
+    assert isinstance(batcher._worker.exception(), RuntimeError)
+
+
+async def test_stop_fails_batches_in_flight(image_model_settings: Settings) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow(encode):
+        def encode_slowly(inputs):
+            started.set()
+            release.wait(timeout=5)
+            return encode(inputs)
+
+        return encode_slowly
+
+    batcher, image = image_batcher(image_model_settings, slow, streams=2)
+    batcher.start()
+    pending = asyncio.ensure_future(batcher.submit([image]))
+    await wait_until(started.is_set)
+    stopping = asyncio.ensure_future(batcher.stop())
+    await asyncio.sleep(0.05)
+    release.set()
+    await stopping
+    with pytest.raises(NotReady):
+        await pending

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from app import main as app_main
-from app.main import configure_threads, create_app
+from app.main import configure_threads, create_app, inference_streams
 from app.registry import ModelLoadError, resolve_device
 from app.settings import Settings
 from tests.app.conftest import IMAGE_MODEL
@@ -190,3 +190,26 @@ def test_configure_threads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, valu
         assert torch.get_num_threads() == expected[0]
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize(("cpus", "streams", "expected"), [(4, 2, (1, 2)), (16, 2, (7, 8)), (2, 2, (1, 1)), (1, 2, (1, 1))])
+def test_configure_threads_shares_cpus_among_streams(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpus: int, streams: int, expected: tuple
+) -> None:
+    monkeypatch.setattr(app_main, "available_cpus", lambda: cpus)
+    previous = torch.get_num_threads()
+    try:
+        assert configure_threads(Settings(models_dir=tmp_path), streams) == expected
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "device", "values", "expected"),
+    [(2, "cpu", {}, 2), (16, "cpu", {}, 2), (1, "cpu", {}, 1), (8, "cuda", {}, 1), (1, "cpu", {"inference_streams": 3}, 3)],
+)
+def test_inference_streams_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpus: int, device: str, values: dict, expected: int
+) -> None:
+    monkeypatch.setattr(app_main, "available_cpus", lambda: cpus)
+    assert inference_streams(Settings(models_dir=tmp_path, **values), torch.device(device)) == expected
