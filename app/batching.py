@@ -62,10 +62,11 @@ class DynamicBatcher:
         max_wait_ms: maximum wait after the first queued item for a batch to fill.
         max_queue_items: maximum queued items; past it ``submit`` raises Overloaded.
         metrics: where queue depth, batch sizes and inference times go.
-        torch_threads: intra-op threads of the inference thread; 0 keeps torch's setting.
+        torch_threads: intra-op threads of a forward pass that runs alone; 0 keeps torch's setting.
         large_batch_threads: intra-op threads for batches of at least ``large_batch_items``.
         large_batch_items: the batch size from which ``large_batch_threads`` apply; 0 never.
         streams: forward passes that may run at once, each in its own inference thread.
+            Passes that run at once split the thread counts above.
     """
 
     model: LoadedModel
@@ -186,7 +187,8 @@ class DynamicBatcher:
                 if not batch:
                     free_streams.release()
                     continue
-                task = asyncio.get_running_loop().create_task(self._run_batch(batch, free_streams))
+                # this pass shares the CPUs with the passes still running
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch, free_streams, len(running) + 1))
                 running.add(task)
                 task.add_done_callback(running.discard)
         except asyncio.CancelledError:
@@ -199,10 +201,10 @@ class DynamicBatcher:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
 
-    async def _run_batch(self, batch: list[_Entry], free_streams: asyncio.Semaphore) -> None:
-        """Process ``batch`` and free its stream; a bug here fails the batch and ends the worker."""
+    async def _run_batch(self, batch: list[_Entry], free_streams: asyncio.Semaphore, passes: int) -> None:
+        """Process ``batch`` as one of ``passes`` running passes and free its stream; a bug fails the batch and ends the worker."""
         try:
-            await self._process(batch)
+            await self._process(batch, passes)
         except BaseException as error:  # cancelled by stop(), or a bug: the batch must not hang
             _fail_entries(batch, NotReady(f"model {self.model.id} stopped while computing this request"))
             if isinstance(error, asyncio.CancelledError) or self._worker is None:
@@ -254,12 +256,12 @@ class DynamicBatcher:
         self._last_batch_size = len(batch)
         return batch
 
-    async def _process(self, batch: list[_Entry]) -> None:
-        """Run one forward pass and deliver its rows; an error fails only this batch's requests."""
+    async def _process(self, batch: list[_Entry], passes: int = 1) -> None:
+        """Run one forward pass, one of ``passes`` at once, and deliver its rows; an error fails only this batch's requests."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            embeddings = await loop.run_in_executor(self._executor, self._encode, [entry.input for entry in batch])
+            embeddings = await loop.run_in_executor(self._executor, self._encode, [entry.input for entry in batch], passes)
         except Exception as error:  # any failure of the forward pass ends this batch only
             logger.exception("model %s: forward pass over %d items failed", self.model.id, len(batch))
             _fail_entries(batch, self._describe_failure(error))
@@ -272,22 +274,25 @@ class DynamicBatcher:
 
         self._deliver(batch, embeddings)
 
-    def threads_for(self, batch_size: int) -> int:
-        """Return the intra-op threads for a batch of ``batch_size`` items (0: torch's setting).
+    def threads_for(self, batch_size: int, passes: int = 1) -> int:
+        """Return the intra-op threads for a batch of ``batch_size`` items run as one of ``passes`` passes (0: torch's setting).
 
         A small batch leaves a core to the event loop, which then reads and replies to
         requests while the model runs. A large batch means requests are queueing, so the
-        forward pass is the bottleneck and may take every core.
+        forward pass is the bottleneck and may take every core. Passes that run at once
+        split these counts, so that together they take no more threads than one alone.
         """
         if self.large_batch_items and self.large_batch_threads and batch_size >= self.large_batch_items:
-            return self.large_batch_threads
-        return self.torch_threads
+            threads = self.large_batch_threads
+        else:
+            threads = self.torch_threads
+        return max(1, threads // passes) if threads else 0
 
-    def _encode(self, inputs: list[ModelInput]) -> torch.Tensor:
-        """Run the model on ``inputs`` in the inference thread, with the threads their batch size calls for."""
+    def _encode(self, inputs: list[ModelInput], passes: int = 1) -> torch.Tensor:
+        """Run the model on ``inputs`` in an inference thread, with the threads their batch size and ``passes`` call for."""
         if not self._initial_threads:
             self._initial_threads = torch.get_num_threads()
-        threads = self.threads_for(len(inputs)) or self._initial_threads
+        threads = self.threads_for(len(inputs), passes) or max(1, self._initial_threads // passes)
         if threads != torch.get_num_threads():
             # sets this thread's count; the other inference threads set theirs before every batch
             torch.set_num_threads(threads)

@@ -72,7 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     device, dtype = resolve_device(settings)
     streams = inference_streams(settings, device)
-    torch_threads, large_batch_threads = configure_threads(settings, streams)
+    torch_threads, large_batch_threads = configure_threads(settings)
     state.preprocess_executor = ThreadPoolExecutor(
         max_workers=settings.preprocess_threads or min(MAX_AUTO_PREPROCESS_THREADS, available_cpus()),
         thread_name_prefix="preprocess",
@@ -134,23 +134,23 @@ def inference_streams(settings: Settings, device: torch.device) -> int:
     return 2 if device.type == "cpu" and available_cpus() >= 2 else 1
 
 
-def configure_threads(settings: Settings, streams: int = 1) -> tuple[int, int]:
+def configure_threads(settings: Settings) -> tuple[int, int]:
     """Set torch's intra-op threads; return the counts for small and for large batches.
 
-    Each of a model's ``streams`` concurrent forward passes gets an equal share of the
-    CPUs, at least one. By default a batch of fewer than ``large_batch_items`` runs on its
-    share but one thread, at least one: the remaining core keeps the event loop, image
-    decoding and tokenising responsive. On 2 cores, 1 thread served the 32 px glyphs model
-    at 156 requests/s against 102 with 2 threads (one image per request, concurrency 1).
-    A larger batch means that requests are queueing behind the model, so it gets the
-    whole share.
+    By default a batch of fewer than ``large_batch_items`` runs on one thread per CPU but
+    one, at least one: the remaining core keeps the event loop, image decoding and
+    tokenising responsive. On 2 cores, 1 thread served the 32 px glyphs model at 156
+    requests/s against 102 with 2 threads (one image per request, concurrency 1). A
+    larger batch means that requests are queueing behind the model, so it gets every CPU.
+    These are the counts of a forward pass that runs alone; passes that run at once
+    (``inference_streams``) split them.
 
     NOTE: models busy at the same moment each use up to these many threads. Several busy
     models can then oversubscribe the CPUs, so set both counts lower for such loads.
     """
-    share = max(1, available_cpus() // streams)
-    threads = settings.torch_threads or max(1, share - 1)
-    large_batch_threads = settings.large_batch_threads or (settings.torch_threads or share)
+    cpus = available_cpus()
+    threads = settings.torch_threads or max(1, cpus - 1)
+    large_batch_threads = settings.large_batch_threads or (settings.torch_threads or cpus)
     torch.set_num_threads(threads)
     return threads, large_batch_threads
 

@@ -56,15 +56,18 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=1024,
-        description="intra-op threads of each forward pass; 0 picks a stream's share of the CPUs minus one, at least one",
+        description=(
+            "intra-op threads of a forward pass that runs alone, split among passes that run at once; "
+            "0 picks the CPU count minus one, at least one"
+        ),
     )
     large_batch_threads: int = Field(
         0,
         ge=0,
         le=1024,
         description=(
-            "intra-op threads for batches of at least large_batch_items; 0 picks a stream's share of the CPUs when "
-            "torch_threads is 0 too, else torch_threads"
+            "intra-op threads for batches of at least large_batch_items; 0 picks the CPU count when torch_threads "
+            "is 0 too, else torch_threads"
         ),
     )
     large_batch_items: int = Field(
@@ -75,7 +78,7 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description=(
-            "forward passes of one model that may run at once, each in its own thread with an equal share of the CPUs; "
+            "forward passes of one model that may run at once, each in its own thread, splitting the thread counts; "
             "0 picks 2 on a CPU device with at least 2 cores, else 1"
         ),
     )

@@ -189,6 +189,8 @@ def test_threads_switch_at_large_batch(image_model_settings: Settings) -> None:
     assert [batcher.threads_for(size) for size in (1, 7, 8, 32)] == [1, 1, 3, 3]
     never = DynamicBatcher(model, torch_threads=1, large_batch_threads=3, large_batch_items=0, **arguments)
     assert never.threads_for(32) == 1
+    assert [batcher.threads_for(32, passes) for passes in (1, 2, 3, 4)] == [3, 1, 1, 1]
+    assert batcher.threads_for(1, passes=2) == 1
 
 
 async def test_large_batches_use_own_threads(image_model_settings: Settings) -> None:
@@ -329,3 +331,33 @@ async def test_stop_fails_batches_in_flight(image_model_settings: Settings) -> N
     await stopping
     with pytest.raises(NotReady):
         await pending
+
+
+async def test_passes_at_once_split_threads(image_model_settings: Settings) -> None:
+    first_started = threading.Event()
+    release = threading.Event()
+    seen: list[int] = []  # threads inside each forward pass, in the order they started
+
+    def holding_first(encode):
+        def encode_holding_first(inputs):
+            seen.append(torch.get_num_threads())
+            if len(seen) == 1:
+                first_started.set()
+                release.wait(timeout=5)
+            return encode(inputs)
+
+        return encode_holding_first
+
+    batcher, image = image_batcher(image_model_settings, holding_first, streams=2, torch_threads=2, large_batch_threads=2)
+    batcher.start()
+    try:
+        first = asyncio.ensure_future(batcher.submit([image]))
+        await wait_until(first_started.is_set)
+        second = await batcher.submit([image])  # runs while the first pass is held
+        release.set()
+        await first
+    finally:
+        release.set()
+        await batcher.stop()
+    assert seen == [2, 1]
+    assert second.shape == (1, 16)

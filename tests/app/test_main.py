@@ -192,18 +192,6 @@ def test_configure_threads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, valu
         torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize(("cpus", "streams", "expected"), [(4, 2, (1, 2)), (16, 2, (7, 8)), (2, 2, (1, 1)), (1, 2, (1, 1))])
-def test_configure_threads_shares_cpus_among_streams(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpus: int, streams: int, expected: tuple
-) -> None:
-    monkeypatch.setattr(app_main, "available_cpus", lambda: cpus)
-    previous = torch.get_num_threads()
-    try:
-        assert configure_threads(Settings(models_dir=tmp_path), streams) == expected
-    finally:
-        torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize(
     ("cpus", "device", "values", "expected"),
     [(2, "cpu", {}, 2), (16, "cpu", {}, 2), (1, "cpu", {}, 1), (8, "cuda", {}, 1), (1, "cpu", {"inference_streams": 3}, 3)],
