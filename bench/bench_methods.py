@@ -115,7 +115,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"bench-{method_name}-") as run_dir:
         config = TrainConfig(
             method=method_name, out=str(Path(run_dir) / "out"), batch_size=args.batch_size, epochs=1,
-            log_every=10**9, checkpoint_every=10**9, device=str(device), **fields,
+            log_every=10**9, checkpoint_every=10**9, device=str(device), precision=args.precision, **fields,
         )
         method = method_class(method_name).from_data(config, dataset)
         trainer = Trainer(config, method, dataset, None, device, Path(run_dir))
@@ -155,6 +155,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "cuda_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "device": str(device),
+        "precision": "fp32" if trainer.autocast_dtype is None else str(trainer.autocast_dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -186,7 +187,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
         sys.executable, "-m", "bench.bench_methods", "--worker", method,
         "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--max-seconds", str(args.max_seconds),
         "--device", args.device, "--image-data", str(args.image_data), "--text-data", str(args.text_data),
-        "--text-limit", str(args.text_limit),
+        "--text-limit", str(args.text_limit), "--precision", args.precision,
     ]
     timeout = args.max_seconds * 3 + WORKER_TIMEOUT_MARGIN_S
     try:
@@ -233,6 +234,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     parser.add_argument("--image-data", type=Path, default=GLYPHS, help="glyphs .npz (falls back to digits upscaled to 32 px)")
     parser.add_argument("--text-data", type=Path, default=DESCRIPTIONS, help="Debian descriptions .jsonl.gz")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="training precision as in ssl-train (auto: bf16 on CUDA when supported, fp32 on CPU)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one method in this process
     args = parser.parse_args()
 
@@ -264,11 +271,14 @@ def main() -> None:
             continue
         rows.append(run_method(method, args))
 
-    command = "python -m bench.bench_methods" + (" --quick" if args.quick else "")
+    command = " ".join(["python -m bench.bench_methods", *sys.argv[1:]])
     record = {
         "command": command,
         "unit": "training samples/s (image-caption pairs for clip), memory in MB",
-        "settings": {"batch_size": args.batch_size, "steps": args.steps, "max_seconds": args.max_seconds, "text_limit": args.text_limit},
+        "settings": {
+            "batch_size": args.batch_size, "steps": args.steps, "max_seconds": args.max_seconds,
+            "text_limit": args.text_limit, "precision": args.precision,
+        },
         "rows": rows,
     }
     path = write_result("methods-quick" if args.quick else "methods", record)

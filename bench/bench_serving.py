@@ -53,6 +53,7 @@ from PIL import Image
 
 from app.main import inference_streams
 from app.preprocess import decode_image_item
+from app.registry import DTYPES
 from app.settings import Settings
 from bench.artifacts import DEFAULT_MODELS_DIR, REPO_ROOT, ArtifactInfo, pick_artifact, single_model_dir
 from bench.common import write_result
@@ -142,7 +143,7 @@ def forward_function(artifact: Artifact, inputs: list[Any], batch_size: int, dev
     chosen = [inputs[i % len(inputs)] for i in range(batch_size)]
     encoder = artifact.encoder.to(device).eval()
     if artifact.meta.modality == "image":
-        images = torch.stack(chosen)  # (B, C, H, W)
+        images = torch.stack(chosen).to(next(encoder.parameters()).dtype)  # (B, C, H, W), in the encoder's dtype
 
         def run() -> None:
             with torch.inference_mode():
@@ -419,6 +420,7 @@ def bench_model(info: ArtifactInfo, args: argparse.Namespace, work_dir: Path) ->
     logger.info("model %s (%s) from %s", info.name, info.modality, info.path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what the server's device=auto picks
     artifact = load_artifact(info.path, device=device)
+    artifact.encoder.to(DTYPES[args.dtype])
     payloads = image_payloads(artifact, PAYLOAD_COUNT) if info.modality == "image" else text_payloads(PAYLOAD_COUNT)
     bodies = request_bodies(info.name, payloads, args.items_per_request, info.modality)
     inputs = model_inputs(artifact, payloads, Settings.model_fields["max_image_pixels"].default)
@@ -428,17 +430,19 @@ def bench_model(info: ArtifactInfo, args: argparse.Namespace, work_dir: Path) ->
     dim = artifact.meta.embedding_dim
     del artifact, inputs  # the servers below are separate processes
     models_dir = single_model_dir(info, work_dir)
-    batched = measure_server("batched", info.name, dim, models_dir, work_dir, {"EMBED_CACHE_SIZE": "0"}, bodies, args)
-    unbatched_settings = {"EMBED_CACHE_SIZE": "0", "EMBED_MAX_BATCH_SIZE": "1"}
+    common = {"EMBED_CACHE_SIZE": "0", "EMBED_DTYPE": args.dtype}
+    batched = measure_server("batched", info.name, dim, models_dir, work_dir, common, bodies, args)
+    unbatched_settings = {**common, "EMBED_MAX_BATCH_SIZE": "1"}
     unbatched = measure_server("unbatched", info.name, dim, models_dir, work_dir, unbatched_settings, bodies, args)
     variants = {
-        label: measure_server(label, info.name, dim, models_dir, work_dir, {"EMBED_CACHE_SIZE": "0", **settings}, bodies, args)
+        label: measure_server(label, info.name, dim, models_dir, work_dir, {**common, **settings}, bodies, args)
         for label, settings in args.variant
     }
     return {
         "model": info.name,
         "modality": info.modality,
         "items_per_request": args.items_per_request,
+        "dtype": args.dtype,
         "payload": "seeded random PNG at the model's input size" if info.modality == "image" else "Debian package descriptions",
         "raw": raw,
         "batched": batched,
@@ -482,6 +486,12 @@ def parse_args() -> argparse.Namespace:
         default=0,
         help="concurrent forward passes the raw forward is also timed with (default: the server's default for this device)",
     )
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="float32",
+        help="weights and inputs of the raw forward and every server (EMBED_DTYPE); half types need CUDA",
+    )
     parser.add_argument("--raw-seconds", type=float, help="maximum seconds per raw batch size (default: 3, --quick: 0.4)")
     args = parser.parse_args()
 
@@ -494,6 +504,8 @@ def parse_args() -> argparse.Namespace:
     for name in ("requests", "seconds", "warmup_seconds", "raw_seconds", "items_per_request"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.dtype != "float32" and not torch.cuda.is_available():
+        parser.error(f"--dtype {args.dtype} needs CUDA: the service serves half precision only on a GPU")
     if args.raw_streams < 0:
         parser.error(f"--raw-streams must not be negative, got {args.raw_streams}")
     if min(args.concurrency) < 1 or min(args.batch_sizes) < 1:
