@@ -126,7 +126,8 @@ class DynamicBatcher:
             if not request.future.done():
                 request.future.set_exception(NotReady(f"model {self.model.id} is shutting down; retry on another replica"))
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            # a pass still computing finishes in its thread; the event loop keeps serving meanwhile
+            await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     async def submit(self, inputs: list[ModelInput]) -> torch.Tensor:
         """Queue preprocessed inputs and return their raw embeddings (N, D) float32, in order.
@@ -209,7 +210,8 @@ class DynamicBatcher:
             _fail_entries(batch, NotReady(f"model {self.model.id} stopped while computing this request"))
             if isinstance(error, asyncio.CancelledError) or self._worker is None:
                 raise
-            self._failure = error  # the worker re-raises it, so it is logged once
+            if self._failure is None:  # the worker re-raises the first bug, so it is logged once
+                self._failure = error
             self._worker.cancel()
         finally:
             free_streams.release()
@@ -227,6 +229,8 @@ class DynamicBatcher:
             self._arrived.clear()
             await self._arrived.wait()
         await asyncio.sleep(0)  # let requests submitted in the same event-loop turn join
+        if not self._queue:
+            return []  # a full queue dropped abandoned items meanwhile
 
         wait_s = self.max_wait_ms / 1000
         if len(self._queue) == 1 and self._last_batch_size == 1:
@@ -237,10 +241,13 @@ class DynamicBatcher:
             if remaining <= 0:
                 break
             self._arrived.clear()
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancel
+            # that arrives just as the event is set, and stop() would then wait forever
+            arrival = asyncio.ensure_future(self._arrived.wait())
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:
-                break
+                await asyncio.wait({arrival}, timeout=remaining)
+            finally:
+                arrival.cancel()
 
         batch = []
         skipped = 0
@@ -279,8 +286,10 @@ class DynamicBatcher:
 
         A small batch leaves a core to the event loop, which then reads and replies to
         requests while the model runs. A large batch means requests are queueing, so the
-        forward pass is the bottleneck and may take every core. Passes that run at once
-        split these counts, so that together they take no more threads than one alone.
+        forward pass is the bottleneck and may take every core. A pass that starts while
+        others run splits these counts with them. A pass keeps the count it started
+        with, so when a pass starts beside one that started alone, the two briefly use
+        more threads than there are cores.
         """
         if self.large_batch_items and self.large_batch_threads and batch_size >= self.large_batch_items:
             threads = self.large_batch_threads

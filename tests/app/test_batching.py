@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from app.batching import DynamicBatcher
-from app.errors import InferenceFailed, NotReady
+from app.errors import InferenceFailed, NotReady, Overloaded
 from app.metrics import ServiceMetrics
 from app.registry import load_model
 from app.settings import Settings
@@ -325,10 +325,12 @@ async def test_stop_fails_batches_in_flight(image_model_settings: Settings) -> N
     batcher.start()
     pending = asyncio.ensure_future(batcher.submit([image]))
     await wait_until(started.is_set)
+    started_stop = time.monotonic()
     stopping = asyncio.ensure_future(batcher.stop())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # runs only if stop() leaves the event loop free while the pass finishes
     release.set()
     await stopping
+    assert time.monotonic() - started_stop < 3  # not the 5 s the held pass would wait on its own
     with pytest.raises(NotReady):
         await pending
 
@@ -361,3 +363,39 @@ async def test_passes_at_once_split_threads(image_model_settings: Settings) -> N
         await batcher.stop()
     assert seen == [2, 1]
     assert second.shape == (1, 16)
+
+
+async def test_stop_right_after_submit_finishes(image_model_settings: Settings) -> None:
+    # the worker is waiting for a batch to fill when an item arrives and stop() follows in the same turns
+    batcher, image = image_batcher(image_model_settings, max_batch_size=4, max_wait_ms=2000)
+    batcher.start()
+    first = asyncio.ensure_future(batcher.submit([image]))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(batcher.submit([image]))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    stopping = asyncio.ensure_future(batcher.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=5)
+    assert done == {stopping}
+    for caller in (first, second):
+        with pytest.raises(NotReady):
+            await caller
+
+
+async def test_queue_emptied_while_collecting_keeps_worker(image_model_settings: Settings) -> None:
+    batcher, image = image_batcher(image_model_settings, max_batch_size=4, max_wait_ms=50, max_queue_items=2)
+    batcher.start()
+    await asyncio.sleep(0.01)
+    caller = asyncio.ensure_future(batcher.submit([image]))
+    await asyncio.sleep(0)  # queued, and the worker wakes up
+    caller.cancel()
+    await asyncio.sleep(0)  # the worker yields once before it looks at the queue again
+    with pytest.raises(Overloaded):
+        await batcher.submit([image] * 3)  # too many: drops the abandoned item, which empties the queue
+    await asyncio.sleep(0.05)
+    try:
+        assert batcher.alive
+        embeddings = await batcher.submit([image])
+    finally:
+        await batcher.stop()
+    assert embeddings.shape == (1, 16)
