@@ -55,8 +55,10 @@ _PART_END = re.compile(r"(?<=\S)[ \t\n]")
 # part with too few tokens is read again at twice the length.
 CHARS_PER_TOKEN = 6
 _PART_SAFE_NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase"})
-# Pre-tokenizers that only map characters or split; all but ByteLevel without its regex split at whitespace.
+# Pre-tokenizers that only map characters or split. The whitespace splitters among them
+# start a new word at every whitespace; ByteLevel does so only with its regex.
 _PART_SAFE_PRE_TOKENIZERS = frozenset({"ByteLevel", "Whitespace", "WhitespaceSplit", "BertPreTokenizer", "Digits", "Punctuation"})
+_WHITESPACE_SPLITTERS = frozenset({"ByteLevel", "Whitespace", "WhitespaceSplit", "BertPreTokenizer"})
 
 # 256 byte tokens plus the special tokens: a smaller vocabulary could not encode every byte.
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
@@ -191,7 +193,14 @@ def reads_leading_parts(tokenizer: Tokenizer) -> bool:
         return False
     if pre_tokenizer is None or not _splits_at_whitespace(pre_tokenizer):
         return False
-    return not any(any(char.isspace() for char in added.content) for added in tokenizer.get_added_tokens_decoder().values())
+    for added in tokenizer.get_added_tokens_decoder().values():
+        # a normalized added token is matched after normalisation, which can add spaces
+        forms = [added.content]
+        if added.normalized and tokenizer.normalizer is not None:
+            forms.append(tokenizer.normalizer.normalize_str(added.content))
+        if any(char.isspace() for form in forms for char in form):
+            return False
+    return True
 
 
 def _splits_at_whitespace(pre_tokenizer: dict[str, object]) -> bool:
@@ -199,7 +208,10 @@ def _splits_at_whitespace(pre_tokenizer: dict[str, object]) -> bool:
     steps = pre_tokenizer.get("pretokenizers") if pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]
     if not isinstance(steps, list) or not steps or any(step.get("type") not in _PART_SAFE_PRE_TOKENIZERS for step in steps):
         return False
-    return any(step.get("type") != "ByteLevel" or step.get("use_regex", True) for step in steps)
+    return any(
+        step.get("type") in _WHITESPACE_SPLITTERS and (step.get("type") != "ByteLevel" or step.get("use_regex", True))
+        for step in steps
+    )
 
 
 def _leading_part(text: str, length: int | None) -> str:

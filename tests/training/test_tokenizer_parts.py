@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 
 from training.artifact import load_artifact
 from training.tokenizer import CHARS_PER_TOKEN, SEP_ID, encode_texts, reads_leading_parts, tokenize_batch, train_tokenizer
@@ -123,14 +123,25 @@ def test_text_without_a_part_end_is_encoded_whole(shipped: Tokenizer) -> None:
         lambda tokenizer: setattr(tokenizer, "pre_tokenizer", pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False)),
         lambda tokenizer: setattr(tokenizer, "pre_tokenizer", None),
         lambda tokenizer: tokenizer.add_tokens(["two words"]),
+        # NFKC turns each diaeresis into a space and a combining mark, so the token has spaces once normalised
+        lambda tokenizer: tokenizer.add_tokens([AddedToken("\u00a8".join("q" * 8), normalized=True)]),
+        lambda tokenizer: setattr(tokenizer, "pre_tokenizer", pre_tokenizers.Digits()),
+        lambda tokenizer: setattr(
+            tokenizer,
+            "pre_tokenizer",
+            pre_tokenizers.Sequence([pre_tokenizers.ByteLevel(use_regex=False), pre_tokenizers.Punctuation()]),
+        ),
     ],
-    ids=["replace-normalizer", "metaspace", "byte-level-without-regex", "no-pre-tokenizer", "added-token-with-space"],
+    ids=[
+        "replace-normalizer", "metaspace", "byte-level-without-regex", "no-pre-tokenizer", "added-token-with-space",
+        "added-token-with-space-once-normalized", "digits-only", "punctuation-after-byte-level-without-regex",
+    ],
 )
 def test_other_tokenizers_are_encoded_whole(shipped: Tokenizer, change) -> None:
     tokenizer = Tokenizer.from_str(shipped.to_str())
     change(tokenizer)
     assert not reads_leading_parts(tokenizer)
-    texts = ["two words " * 200, "short"]
+    texts = ["two words " * 200, "short", " \u0308".join("q" * 8) + " tail" * 50]
     recording = RecordingTokenizer(tokenizer)
     assert encode_texts(recording, texts, 8, True) == reference(tokenizer, texts, 8, True)
     assert recording.lengths == [len(text) for text in texts]
@@ -155,3 +166,11 @@ def test_package_descriptions_match_whole_text_encoding(shipped: Tokenizer) -> N
         for chars_per_token in (1, CHARS_PER_TOKEN):
             encoded = encode_texts(shipped, texts, max_tokens, True, chars_per_token=chars_per_token)
             assert encoded == reference(shipped, texts, max_tokens, True)
+
+
+def test_digits_after_whitespace_split_reads_parts(shipped: Tokenizer) -> None:
+    tokenizer = Tokenizer.from_str(shipped.to_str())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Digits()])
+    assert reads_leading_parts(tokenizer)
+    texts = tricky_texts(100, seed=11, max_pieces=60)
+    assert encode_texts(tokenizer, texts, 8, True, chars_per_token=1) == reference(tokenizer, texts, 8, True)
