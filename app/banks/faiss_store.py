@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 # created or deleted, which start-up removes after a crash.
 _TRANSIENT_MARK = "~"
 OLD_VECTOR_CHUNK = 4096
+# Entries of the (old, new) distance matrix computed at once: 16 MB of float32.
+PRODUCT_CHUNK_ENTRIES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -430,9 +432,14 @@ class FaissBankStore(BankStore):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Merge each old sample's leave-one-out neighbours with its nearest new samples.
 
-        NOTE: this compares every old sample with every new one, O(N * M * D) per add, also
-        for HNSW banks, where a reverse search from the new samples would be cheaper but
-        approximate.
+        A new sample enters an old sample's list only when it is closer than that list's
+        k-th neighbour (new ids are larger, so an equal distance does not displace it). A
+        float32 matrix product finds the old samples that some new sample comes that
+        close to, with a margin for rounding, and only those are searched and merged
+        exactly. The others keep their lists.
+
+        NOTE: the product still compares every old sample with every new one, O(N * M * D)
+        per add, also for HNSW banks.
         """
         old_count = len(current.ids)
         if old_count == 0:
@@ -440,14 +447,19 @@ class FaissBankStore(BankStore):
         batch_index = build_flat_index(config.dim, config.metric)
         batch_index.add_with_ids(vectors, new_faiss_ids)
 
-        distances = np.empty_like(current.neighbor_distances)
-        neighbor_ids = np.empty_like(current.neighbor_ids)
-        for start in range(0, old_count, OLD_VECTOR_CHUNK):
-            stop = min(start + OLD_VECTOR_CHUNK, old_count)
+        distances = current.neighbor_distances.copy()
+        neighbor_ids = current.neighbor_ids.copy()
+        kth = current.neighbor_distances[:, -1]  # (N,), inf while a sample has fewer than k neighbours
+        chunk = max(1, min(OLD_VECTOR_CHUNK, PRODUCT_CHUNK_ENTRIES // len(vectors)))
+        for start in range(0, old_count, chunk):
+            stop = min(start + chunk, old_count)
             old_vectors = current.index.reconstruct_batch(np.arange(start, stop, dtype=np.int64))
-            found_distances, found_ids = nearest(batch_index, old_vectors, config.k, config.metric)
-            distances[start:stop], neighbor_ids[start:stop] = merge_neighbors(
-                current.neighbor_distances[start:stop], current.neighbor_ids[start:stop], found_distances, found_ids
+            rows = start + np.flatnonzero(_may_gain_neighbor(old_vectors, vectors, kth[start:stop], config.metric))
+            if len(rows) == 0:
+                continue
+            found_distances, found_ids = nearest(batch_index, old_vectors[rows - start], config.k, config.metric)
+            distances[rows], neighbor_ids[rows] = merge_neighbors(
+                current.neighbor_distances[rows], current.neighbor_ids[rows], found_distances, found_ids
             )
         return distances, neighbor_ids
 
@@ -505,3 +517,25 @@ class FaissBankStore(BankStore):
                 Neighbor(id=snapshot.ids[int(neighbor_ids[slot])], distance=float(distances[slot])) for slot in range(used)
             ]
         return ScoreResult(score=score, is_anomaly=is_anomaly, threshold=threshold, neighbors_used=used, neighbors=neighbors)
+
+
+def _may_gain_neighbor(old_vectors: np.ndarray, new_vectors: np.ndarray, kth: np.ndarray, metric: str) -> np.ndarray:
+    """Return which old samples (C,) have a new sample within their k-th neighbour distance ``kth`` (C,), plus a margin.
+
+    Distances come from one float32 matrix product. Its rounding error is at most about
+    D * 2^-24 times the squared norms involved, and the margin is many times that, so no
+    old sample that gains a neighbour is missed. A few more are let through, which costs
+    only their exact search.
+    """
+    dim = old_vectors.shape[1]
+    tolerance = max(1e-3, 64 * dim * 2.0**-24)
+    products = old_vectors @ new_vectors.T  # (C, M) float32
+    if metric == "cosine":
+        closest = 1.0 - products.max(axis=1).astype(np.float64)  # unit vectors: distance = 1 - inner product
+        return closest <= kth + tolerance
+    old_norms = (old_vectors.astype(np.float64) ** 2).sum(axis=1)  # (C,)
+    new_norms = (new_vectors.astype(np.float64) ** 2).sum(axis=1)  # (M,)
+    # squared L2 = |x|^2 + |y|^2 - 2 x.y, minimised over y before |x|^2 is added
+    closest = old_norms + (new_norms.astype(np.float32)[None, :] - 2.0 * products).min(axis=1)
+    return closest <= kth**2 + tolerance * (old_norms + new_norms.max())
+

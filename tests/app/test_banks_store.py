@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from app.banks import BankConfig, BankUnavailable, FaissBankStore, create_bank_store
+from app.banks.neighbors import exact_distances
 from app.errors import Conflict, InvalidInput, NotFound
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -594,3 +595,33 @@ def test_acknowledged_add_survives_sigkill(tmp_path: Path) -> None:
     assert info.size % 4 == 0
     with pytest.raises(Conflict):
         store.add("crash", np.ones((1, 16)), ids=[f"{acknowledged}-3"])
+
+
+def clustered(rows: int, dim: int, seed: int, scale: float = 1.0) -> np.ndarray:
+    """Return seeded points (rows, dim) around a few centres, with some exact duplicates."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, dim)) * scale
+    points = centres[rng.integers(0, 4, rows)] + 0.05 * scale * rng.normal(size=(rows, dim))
+    points[rows // 2 :: 7] = points[rows // 2]  # duplicates: ties in distance at the k-th place
+    return points
+
+
+@pytest.mark.parametrize(("metric", "scale"), [("cosine", 1.0), ("l2", 1.0), ("l2", 1e4)])
+def test_adds_in_parts_keep_exact_neighbors(tmp_path: Path, metric: str, scale: float) -> None:
+    vectors = clustered(400, 16, seed=3, scale=scale)
+    whole = open_store(tmp_path / "whole")
+    parts = open_store(tmp_path / "parts")
+    for store in (whole, parts):
+        store.create("b", BankConfig(model="m", dim=16, k=5, metric=metric))
+    whole.add("b", vectors)
+    for batch in np.array_split(vectors, [150, 151, 300, 390]):
+        parts.add("b", batch)
+    expected = whole._banks["b"].snapshot
+    actual = parts._banks["b"].snapshot
+    np.testing.assert_array_equal(actual.neighbor_distances, expected.neighbor_distances)
+    assert actual.threshold == expected.threshold
+    # among exact duplicates either store may name another one at the same distance
+    stored = actual.index.reconstruct_batch(np.arange(len(vectors)))
+    neighbors = stored[actual.neighbor_ids]  # (N, K, D)
+    np.testing.assert_array_equal(exact_distances(stored, neighbors, metric), actual.neighbor_distances)
+    assert (actual.neighbor_ids != np.arange(len(vectors))[:, None]).all()
