@@ -189,7 +189,8 @@ class DynamicBatcher:
                     free_streams.release()
                     continue
                 # this pass shares the CPUs with the passes still running
-                task = asyncio.get_running_loop().create_task(self._run_batch(batch, free_streams, len(running) + 1))
+                passes = 1 + sum(not other.done() for other in running)
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch, free_streams, passes))
                 running.add(task)
                 task.add_done_callback(running.discard)
         except asyncio.CancelledError:
