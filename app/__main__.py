@@ -91,6 +91,10 @@ def describe_settings_error(error: ValidationError) -> str:
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # FAISS logs at INFO which of its builds it loaded, with lines such as "Could not
+        # load library with AVX2 support" that read like errors but are expected
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,3 +13,22 @@ def test_entry_module_does_not_load_torch() -> None:
         capture_output=True, text=True, timeout=60, check=True,
     )
     assert completed.stdout.strip() == "False"
+
+
+def faiss_loader_level(level: str) -> str:
+    """Return the effective level of FAISS's loader logger after the entry point configured ``level``, in a fresh process."""
+    code = (
+        "import logging, app.__main__ as entry; "
+        f"entry.configure_logging({level!r}); "
+        "print(logging.getLevelName(logging.getLogger('faiss.loader').getEffectiveLevel()))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    return completed.stdout.strip()
+
+
+def test_faiss_loader_lines_hidden_at_info() -> None:
+    assert faiss_loader_level("INFO") == "WARNING"
+
+
+def test_faiss_loader_lines_shown_at_debug() -> None:
+    assert faiss_loader_level("DEBUG") == "DEBUG"
