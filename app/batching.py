@@ -84,7 +84,7 @@ class DynamicBatcher:
     _executor: ThreadPoolExecutor | None = field(default=None, init=False)
     _last_batch_size: int = field(default=0, init=False)
     _initial_threads: int = field(default=0, init=False)
-    _failure: BaseException | None = field(default=None, init=False)  # a bug in a batch task ends the worker with it
+    _failure: BaseException | None = field(default=None, init=False)  # the first bug in a batch task, which the worker re-raises
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -126,7 +126,7 @@ class DynamicBatcher:
             if not request.future.done():
                 request.future.set_exception(NotReady(f"model {self.model.id} is shutting down; retry on another replica"))
         if self._executor is not None:
-            # a pass still computing finishes in its thread; the event loop keeps serving meanwhile
+            # a pass still computing finishes in its thread while the event loop keeps serving
             await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     async def submit(self, inputs: list[ModelInput]) -> torch.Tensor:
@@ -198,13 +198,13 @@ class DynamicBatcher:
                 raise self._failure from None
             raise
         finally:
-            # stopped, or ended by a bug: no batch in flight may be left waiting
+            # stopped or ended by a bug, so no batch in flight may be left waiting
             for task in list(running):
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
 
     async def _run_batch(self, batch: list[_Entry], free_streams: asyncio.Semaphore, passes: int) -> None:
-        """Process ``batch`` as one of ``passes`` running passes and free its stream; a bug fails the batch and ends the worker."""
+        """Process ``batch`` as one of ``passes`` running passes, then free its stream. A bug fails the batch and ends the worker."""
         try:
             await self._process(batch, passes)
         except BaseException as error:  # cancelled by stop(), or a bug: the batch must not hang
@@ -218,7 +218,7 @@ class DynamicBatcher:
             free_streams.release()
 
     async def _collect(self) -> list[_Entry]:
-        """Wait for a first item, then until it has waited max_wait_ms for the batch to fill; return the live items.
+        """Wait for a first item, then until it has waited max_wait_ms for the batch to fill, and return the live items.
 
         The wait counts from when the oldest queued item arrived, so items that queued
         while every stream was busy go at once when a stream frees up. A lone item after
@@ -265,7 +265,7 @@ class DynamicBatcher:
         return batch
 
     async def _process(self, batch: list[_Entry], passes: int = 1) -> None:
-        """Run one forward pass, one of ``passes`` at once, and deliver its rows; an error fails only this batch's requests."""
+        """Run one forward pass, one of ``passes`` running at once, and deliver its rows. A failed pass fails only this batch's requests."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:

@@ -127,7 +127,7 @@ def available_cpus() -> int:
 def inference_streams(settings: Settings, device: torch.device) -> int:
     """Return how many forward passes of one model may run at once: the setting, else 2 on a multi-core CPU, else 1.
 
-    NOTE: on CUDA the default stays 1; overlapping passes there has not been measured.
+    NOTE: on CUDA the default stays 1, because overlapping passes there has not been measured.
     """
     if settings.inference_streams:
         return settings.inference_streams
@@ -142,7 +142,7 @@ def configure_threads(settings: Settings) -> tuple[int, int]:
     tokenising responsive. On 2 cores, 1 thread served the 32 px glyphs model at 156
     requests/s against 102 with 2 threads (one image per request, concurrency 1). A
     larger batch means that requests are queueing behind the model, so it gets every CPU.
-    These are the counts of a forward pass that runs alone; passes that run at once
+    These are the counts of a forward pass that runs alone. Passes that run at once
     (``inference_streams``) split them.
 
     NOTE: models busy at the same moment each use up to these many threads. Several busy

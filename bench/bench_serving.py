@@ -193,25 +193,23 @@ def time_calls(function: Callable[[], None], max_calls: int, max_seconds: float,
 def concurrent_calls_per_s(function: Callable[[], None], streams: int, threads: int, max_seconds: float) -> float:
     """Return calls per second of ``function`` run by ``streams`` threads at once, each with ``threads`` intra-op threads."""
     calls = [0] * streams
-    start = threading.Barrier(streams + 1)
-    deadline = [0.0]
+    warmed_up = threading.Barrier(streams + 1)
 
     def loop(stream: int) -> None:
         torch.set_num_threads(threads)  # per thread, as each of the server's inference threads sets it
         for _ in range(WARMUP_CALLS):
             function()
-        start.wait()
-        while time.perf_counter() < deadline[0]:
+        warmed_up.wait()
+        deadline = time.perf_counter() + max_seconds
+        while time.perf_counter() < deadline:
             function()
             calls[stream] += 1
 
     workers = [threading.Thread(target=loop, args=(stream,)) for stream in range(streams)]
     for worker in workers:
         worker.start()
-    deadline[0] = time.perf_counter() + max_seconds + 60.0  # until every warm-up is done
-    start.wait()
+    warmed_up.wait()
     started = time.perf_counter()
-    deadline[0] = started + max_seconds
     for worker in workers:
         worker.join()
     return sum(calls) / (time.perf_counter() - started)

@@ -22,7 +22,13 @@
 set -euo pipefail
 
 part="${1:-all}"
-case "$part" in all | serving | training) ;; *) echo "usage: $0 [all|serving|training]" >&2; exit 2 ;; esac
+case "$part" in
+    all | serving | training) ;;
+    *)
+        echo "usage: $0 [all|serving|training]" >&2
+        exit 2
+        ;;
+esac
 out="${OUT:-bench/results}"
 mkdir -p "$out"
 python="${PYTHON:-python3}"

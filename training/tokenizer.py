@@ -56,7 +56,7 @@ _PART_END = re.compile(r"(?<=\S)[ \t\n]")
 CHARS_PER_TOKEN = 6
 _PART_SAFE_NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase"})
 # Pre-tokenizers that only map characters or split. The whitespace splitters among them
-# start a new word at every whitespace; ByteLevel does so only with its regex.
+# start a new word at every whitespace, and ByteLevel does so only with its regex.
 _PART_SAFE_PRE_TOKENIZERS = frozenset({"ByteLevel", "Whitespace", "WhitespaceSplit", "BertPreTokenizer", "Digits", "Punctuation"})
 _WHITESPACE_SPLITTERS = frozenset({"ByteLevel", "Whitespace", "WhitespaceSplit", "BertPreTokenizer"})
 

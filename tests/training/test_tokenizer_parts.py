@@ -1,7 +1,7 @@
 """Encoding long texts from a leading part gives exactly the ids of the whole text.
 
 The reference encodes every text whole with ``Tokenizer.encode`` and cuts the ids
-afterwards, which is what the service did before it read leading parts.
+afterwards.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def test_tricky_texts_match_whole_text_encoding(
         assert encoded == reference(tokenizer, texts, max_tokens, lowercase)
 
 
-def test_text_of_long_tokens_is_read_again(small: Tokenizer) -> None:
+def test_long_tokens_text_read_again(small: Tokenizer) -> None:
     # " library" is one token of 8 characters, more than CHARS_PER_TOKEN, so the first part has too few tokens
     text = "library " * 200
     recording = RecordingTokenizer(small)
@@ -100,7 +100,7 @@ def test_text_of_long_tokens_is_read_again(small: Tokenizer) -> None:
     assert recording.lengths[0] < recording.lengths[1] < len(text)
 
 
-def test_long_text_is_encoded_from_a_leading_part(shipped: Tokenizer) -> None:
+def test_long_text_read_from_leading_part(shipped: Tokenizer) -> None:
     text = "a library for parsing json documents " * 30_000  # about 1.1 million characters
     recording = RecordingTokenizer(shipped)
     sequences, truncated = encode_texts(recording, [text, "short text"], 64, True)
@@ -109,7 +109,7 @@ def test_long_text_is_encoded_from_a_leading_part(shipped: Tokenizer) -> None:
     assert truncated == [True, False]
 
 
-def test_text_without_a_part_end_is_encoded_whole(shipped: Tokenizer) -> None:
+def test_text_without_part_end_read_whole(shipped: Tokenizer) -> None:
     text = "x" * 5000 + " tail"  # the only space comes after the first part's length
     unbroken = "y" * 3000
     assert encode_texts(shipped, [text, unbroken], 8, True) == reference(shipped, [text, unbroken], 8, True)
