@@ -78,6 +78,12 @@ def init_distributed(device_name: str) -> DistributedContext:
     return context
 
 
+def wait_for_all_ranks() -> None:
+    """Block until every rank of the process group reaches this call. Outside a process group, return at once."""
+    if is_distributed():
+        dist.barrier()
+
+
 def shutdown_distributed() -> None:
     """Leave the process group, when this process joined one."""
     if dist.is_available() and dist.is_initialized():

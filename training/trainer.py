@@ -41,6 +41,7 @@ from training.distributed import (
     init_distributed,
     rank_slice,
     shutdown_distributed,
+    wait_for_all_ranks,
 )
 from training.evaluate import embedding_spread, knn_accuracy
 from training.methods import Method, method_class
@@ -628,7 +629,11 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> list[Path]:
     """
     context = init_distributed(config.device)
     try:
-        return _train(config, context, argv)
+        artifacts = _train(config, context, argv)
+        # Ranks other than 0 finish first. Leaving the process group while rank 0 still
+        # exports made gloo abort them at exit ("terminate called without an active exception").
+        wait_for_all_ranks()
+        return artifacts
     finally:
         shutdown_distributed()
 
