@@ -15,8 +15,10 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml requirements.lock /build/
 WORKDIR /build
-RUN pip install --extra-index-url "${TORCH_INDEX_URL}" -c requirements.lock \
-      $(python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))")
+# One requirement per line, so that environment markers with spaces stay whole.
+RUN python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > requirements.txt \
+    && pip install --extra-index-url "${TORCH_INDEX_URL}" -c requirements.lock -r requirements.txt
 
 FROM ${CUDA_IMAGE} AS deps-cuda
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
@@ -26,8 +28,9 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml requirements.lock /build/
 WORKDIR /build
 # PyPI's torch 2.13.0 wheel for Linux x86_64 is the CUDA build.
-RUN pip install -c requirements.lock \
-      $(python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))")
+RUN python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > requirements.txt \
+    && pip install -c requirements.lock -r requirements.txt
 
 # ---- the service: source, default models, a non-root user
 FROM deps-cuda AS cuda

@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        http=settings.http,
+        loop=settings.loop,
         log_level=settings.log_level.lower(),
         log_config=None,  # keep the logging set up above
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("var"), description="folder for service state such as anomaly banks")
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 exposes the service to the network")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to bind")
+    http: Literal["auto", "httptools", "h11"] = Field(
+        "auto", description="HTTP/1.1 parser: auto picks httptools (written in C) when installed, else h11"
+    )
+    loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="event loop: auto picks uvloop when installed, else asyncio's own"
+    )
 
     # models and inference
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")

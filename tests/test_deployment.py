@@ -57,7 +57,7 @@ def test_dockerfile_runs_as_non_root_with_healthcheck():
 
 def test_dockerfile_installs_dependencies_before_source():
     lines = DOCKERFILE.splitlines()
-    first_dependency_install = next(i for i, line in enumerate(lines) if "requirements.lock" in line and "RUN" in line)
+    first_dependency_install = next(i for i, line in enumerate(lines) if "pip install" in line and "-c requirements.lock" in line)
     first_source_copy = next(i for i, line in enumerate(lines) if line.startswith("COPY training"))
     assert first_dependency_install < first_source_copy
 

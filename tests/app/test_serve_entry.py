@@ -32,3 +32,29 @@ def test_faiss_loader_lines_hidden_at_info() -> None:
 
 def test_faiss_loader_lines_shown_at_debug() -> None:
     assert faiss_loader_level("DEBUG") == "DEBUG"
+
+
+def test_uvicorn_runs_on_uvloop_and_httptools() -> None:
+    """Both are dependencies; without them uvicorn falls back to slower pure-Python parts without a word."""
+    from uvicorn.config import Config
+
+    config = Config(app=lambda scope, receive, send: None, log_config=None)
+    config.load()
+    assert config.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
+    if sys.platform != "win32":
+        assert config.get_loop_factory().__module__.startswith("uvloop")
+
+
+def test_http_parser_and_loop_flags_reach_uvicorn(monkeypatch, tmp_path) -> None:
+    import uvicorn
+
+    import app.__main__ as entry
+    import app.main
+
+    calls = []
+    monkeypatch.setattr(entry, "configure_logging", lambda level: None)
+    monkeypatch.setattr(app.main, "create_app", lambda settings: "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    entry.main(["--models-dir", str(tmp_path), "--http", "h11", "--loop", "asyncio"])
+    entry.main(["--models-dir", str(tmp_path)])
+    assert [(call["http"], call["loop"]) for call in calls] == [("h11", "asyncio"), ("auto", "auto")]
