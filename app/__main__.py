@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     configure_logging(settings.log_level)
     # Importing the app loads torch, which takes seconds, so flags are checked before it.
+    from app.http_protocol import http_protocol
     from app.main import create_app
 
     logger.info("serving %s on http://%s:%d", settings.models_dir, settings.host, settings.port)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        http=settings.http,
+        http=http_protocol(settings.http),
         loop=settings.loop,
         log_level=settings.log_level.lower(),
         log_config=None,  # keep the logging set up above

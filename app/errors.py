@@ -40,6 +40,11 @@ class PayloadTooLarge(ServiceError):
     error_type = "payload_too_large"
 
 
+class HeadersTooLarge(ServiceError):
+    status = 431
+    error_type = "headers_too_large"
+
+
 class UnsupportedMediaType(ServiceError):
     status = 415
     error_type = "unsupported_media_type"

@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
+from app.http_protocol import http_protocol
 from app.main import create_app
 from app.settings import Settings
 from training.artifact import export_artifact
@@ -123,7 +124,15 @@ def free_port() -> int:
 def live_server(settings: Settings, timeout_s: float = 30.0) -> Iterator[str]:
     """Serve the app with uvicorn on 127.0.0.1 in a background thread and yield its base URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        http=http_protocol(settings.http),
+        loop=settings.loop,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()

@@ -50,6 +50,7 @@ def test_http_parser_and_loop_flags_reach_uvicorn(monkeypatch, tmp_path) -> None
 
     import app.__main__ as entry
     import app.main
+    from app.http_protocol import BoundedHttpToolsProtocol
 
     calls = []
     monkeypatch.setattr(entry, "configure_logging", lambda level: None)
@@ -57,4 +58,4 @@ def test_http_parser_and_loop_flags_reach_uvicorn(monkeypatch, tmp_path) -> None
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
     entry.main(["--models-dir", str(tmp_path), "--http", "h11", "--loop", "asyncio"])
     entry.main(["--models-dir", str(tmp_path)])
-    assert [(call["http"], call["loop"]) for call in calls] == [("h11", "asyncio"), ("auto", "auto")]
+    assert [(call["http"], call["loop"]) for call in calls] == [("h11", "asyncio"), (BoundedHttpToolsProtocol, "auto")]

@@ -1,0 +1,152 @@
+"""The HTTP/1.1 protocol uvicorn runs: httptools with a limit on the size of request heads.
+
+httptools parses in C and serves more requests per core than the pure-Python h11, but
+unlike h11 it buffers a request line and headers of any size. The protocol here stops
+reading a request whose head grows past ``MAX_HEAD_BYTES`` and responds with 431.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from app.errors import HeadersTooLarge
+
+logger = logging.getLogger(__name__)
+
+# Request line and headers together; h11 stops at 16 KiB of an unfinished head.
+MAX_HEAD_BYTES = 64 * 1024
+# Seconds a connection keeps reading, and dropping, the rest of a rejected request.
+LINGER_S = 2.0
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # httptools is not installed
+    HttpToolsProtocol = None
+
+
+def http_protocol(choice: str) -> str | type[asyncio.Protocol]:
+    """Return what uvicorn's ``http`` option takes for the ``http`` setting (auto, httptools or h11).
+
+    ``auto`` picks the bounded httptools protocol when httptools is installed, else h11.
+    """
+    if choice == "h11" or (choice == "auto" and HttpToolsProtocol is None):
+        return "h11"
+    if HttpToolsProtocol is None:
+        raise RuntimeError("http is set to httptools, but httptools is not installed; pip install httptools")
+    return BoundedHttpToolsProtocol
+
+
+if HttpToolsProtocol is not None:
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol that responds with 431 once a request's head passes ``MAX_HEAD_BYTES``.
+
+        A head is counted from the end of the previous request (or the connection's start)
+        to the end of its headers, so the limit holds for each kept-alive or pipelined
+        request. Bytes are counted as they arrive, so at most one read past the limit is
+        buffered. After the 431 the connection reads and drops what the client still sends
+        for ``LINGER_S`` seconds before closing, so that the client reads the response rather
+        than a reset.
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._reading_head = True
+            self._head_began_in_read = False
+            self._head_bytes = 0  # since the head began, counted per read
+            self._parsed_head_bytes = 0  # since the head began, counted from the parser's callbacks
+            self._head_rejected = False
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_rejected:
+                return  # drop what arrives after the 431
+            self._head_began_in_read = False
+            super().data_received(data)
+            if not self._reading_head or self._head_rejected or self.transport.is_closing():
+                return
+            if self._head_began_in_read:
+                # The read also held the end of the previous request, so only what the parser saw counts.
+                self._head_bytes = self._parsed_head_bytes
+            else:
+                self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._reject_head()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._start_head()
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            self._count_parsed(len(url))
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            super().on_header(name, value)
+            self._count_parsed(len(name) + len(value) + 4)  # ": " and CRLF
+
+        def on_headers_complete(self) -> None:
+            self._reading_head = False
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._start_head()
+
+        def on_response_complete(self) -> None:
+            if self._head_rejected:
+                # The rejected head followed a request whose response was still being written.
+                self.server_state.total_requests += 1
+                self._send_rejection()
+                return
+            super().on_response_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            if self._head_rejected:
+                self._reject_head()  # the parser stopped because _count_parsed raised
+            else:
+                super().send_400_response(msg)
+
+        def _count_parsed(self, size: int) -> None:
+            """Add ``size`` parsed head bytes; past the limit, stop the parser before it takes the request."""
+            self._parsed_head_bytes += size
+            if self._parsed_head_bytes > MAX_HEAD_BYTES:
+                self._head_rejected = True
+                raise HeadersTooLarge("request head too large")  # httptools raises it on as HttpParserCallbackError
+
+        def _start_head(self) -> None:
+            self._reading_head = True
+            self._head_began_in_read = True
+            self._head_bytes = 0
+            self._parsed_head_bytes = 0
+
+        def _reject_head(self) -> None:
+            """Send the 431 now, or after the response still being written, then close."""
+            self._head_rejected = True
+            self._reading_head = False
+            if self.cycle is None or self.cycle.response_complete:
+                self._send_rejection()
+            else:
+                self.flow.pause_reading()  # responses go out in order, so the 431 waits for the current one
+
+        def _send_rejection(self) -> None:
+            error = HeadersTooLarge(
+                f"request line and headers exceed {MAX_HEAD_BYTES} bytes, the most this service reads; "
+                "send large values in the body"
+            )
+            client = "%s:%d" % self.client if self.client else "unknown client"
+            logger.info("rejected request from %s: %s", client, error.message)
+            body = json.dumps({"error": {"type": error.error_type, "message": error.message}}).encode("utf-8")
+            head = (
+                f"HTTP/1.1 {error.status} Request Header Fields Too Large\r\n"
+                "content-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n"
+                "connection: close\r\n\r\n"
+            )
+            self.transport.write(head.encode("ascii") + body)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.flow.resume_reading()
+            self.loop.call_later(LINGER_S, self.transport.close)
