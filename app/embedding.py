@@ -138,7 +138,7 @@ def resolve_model(
         others = [m.id for m in state.registry.of_modality(modality)]
         raise InvalidInput(
             f"{field}[{index}] is {modality} but model {model.id!r} embeds {model.modality}; "
-            f"send {model.modality} items or use a {modality} model (loaded: {others})"
+            f"send {model.modality} items or use {'an' if modality == 'image' else 'a'} {modality} model (loaded: {others})"
         )
     return model
 

@@ -102,6 +102,13 @@ def decode_image_item(value: str | bytes, prep: ImagePreprocessing, max_pixels: 
     return _to_tensor(image, prep)
 
 
+def _bomb_error(error: Exception, max_pixels: int) -> PayloadTooLarge:
+    """Return the 413 for Pillow's decompression-bomb check, naming this service's limit only."""
+    declared = re.search(r"\((\d+) pixels\)", str(error))  # Pillow: "Image size (N pixels) exceeds limit of ..."
+    size = f"{declared.group(1)} pixels" if declared else "more pixels than Pillow decodes"
+    return PayloadTooLarge(f"image is too large: its header declares {size}, above the limit of {max_pixels} pixels")
+
+
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     """Read the header, check the pixel count, then decode the first frame upright."""
     try:
@@ -111,7 +118,7 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         # Pillow checks first: it raises above 2 * Image.MAX_IMAGE_PIXELS, and above
         # MAX_IMAGE_PIXELS it warns, which raises only where warnings are errors.
-        raise PayloadTooLarge(f"image is too large: {error} This service accepts at most {max_pixels} pixels.") from error
+        raise _bomb_error(error, max_pixels) from error
     except _DECODE_ERRORS as error:
         raise InvalidInput(f"image header is invalid: {error}") from error
 
@@ -128,7 +135,7 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
         image.load()
         return ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise PayloadTooLarge(f"image is too large: {error} This service accepts at most {max_pixels} pixels.") from error
+        raise _bomb_error(error, max_pixels) from error
     except _DECODE_ERRORS as error:
         raise InvalidInput(f"{image.format} image is corrupt or truncated: {error}") from error
 

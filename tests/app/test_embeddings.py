@@ -138,6 +138,16 @@ async def test_embeddings_text_to_image_model(mixed_settings: Settings) -> None:
     assert error["type"] == "invalid_input"
     assert "input[0] is text" in error["message"]
     assert f"model '{IMAGE_MODEL}' embeds image" in error["message"]
+    assert "use a text model" in error["message"]
+
+
+async def test_embeddings_image_to_text_model(mixed_settings: Settings) -> None:
+    async with running_app(mixed_settings) as (_, client):
+        response = await client.post("/v1/embeddings", json={"model": TEXT_MODEL, "input": [{"image": png_base64(1)}]})
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert f"model '{TEXT_MODEL}' embeds text" in message
+    assert "use an image model" in message
 
 
 async def test_embeddings_mixed_modalities(mixed_settings: Settings) -> None:

@@ -299,9 +299,9 @@ def test_pixel_limit_from_header(data: bytes) -> None:
     ids=["png", "gif", "bmp"],
 )
 def test_decompression_bomb_header(data: bytes) -> None:
-    with pytest.raises(PayloadTooLarge, match="3600000000 pixels") as caught:
+    with pytest.raises(PayloadTooLarge) as caught:
         decode_image_item(data, RGB, LIMIT)
-    assert str(LIMIT) in caught.value.message
+    assert caught.value.message == f"image is too large: its header declares 3600000000 pixels, above the limit of {LIMIT} pixels"
 
 
 def test_pillow_global_untouched() -> None:
