@@ -22,6 +22,7 @@ MAX_HEAD_BYTES = 64 * 1024
 LINGER_S = 2.0
 
 try:
+    import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # httptools is not installed
     HttpToolsProtocol = None
@@ -41,43 +42,69 @@ def http_protocol(choice: str) -> str | type[asyncio.Protocol]:
 
 if HttpToolsProtocol is not None:
 
+    class _StoppableParser:
+        """An httptools parser whose ``feed_data`` returns quietly when the protocol stopped it on purpose.
+
+        uvicorn logs every parser error as an invalid request before it calls
+        ``send_400_response``; a head or trailers over the limit are not that.
+        """
+
+        def __init__(self, parser: Any, protocol: BoundedHttpToolsProtocol) -> None:
+            self._parser = parser
+            self._protocol = protocol
+
+        def feed_data(self, data: bytes) -> None:
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserCallbackError:
+                if self._protocol.stopped_parser is None:
+                    raise
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._parser, name)
+
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """uvicorn's httptools protocol that responds with 431 once a request's head passes ``MAX_HEAD_BYTES``.
 
         A head is counted from the end of the previous request (or the connection's start)
         to the end of its headers, so the limit holds for each kept-alive or pipelined
-        request. Bytes are counted as they arrive, so at most one read past the limit is
-        buffered. After the 431 the connection reads and drops what the client still sends
-        for ``LINGER_S`` seconds before closing, so that the client reads the response rather
-        than a reset.
+        request. Bytes are counted as they arrive, so at most about one read past the
+        limit is buffered. Requests pipelined before the rejected head get their responses first.
+        After the 431 the connection reads and drops what the client still sends for
+        ``LINGER_S`` seconds before closing, so that the client reads the response rather
+        than a reset. Trailers of a chunked body over the limit close the connection, as
+        the request is already with the app.
+
+        NOTE: a single trailer line is counted only once it ends, so httptools still
+        buffers one huge trailer line whole, as it does without this class.
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            self.parser = _StoppableParser(self.parser, self)
+            self.stopped_parser: str | None = None  # "head" or "trailers" once a limit stopped the parser
             self._reading_head = True
             self._head_began_in_read = False
             self._head_bytes = 0  # since the head began, counted per read
-            self._parsed_head_bytes = 0  # since the head began, counted from the parser's callbacks
-            self._head_rejected = False
+            self._parsed_bytes = 0  # of the head or the trailers, counted from the parser's callbacks
 
         def data_received(self, data: bytes) -> None:
-            if self._head_rejected:
-                return  # drop what arrives after the 431
+            if self.stopped_parser == "head":
+                return  # drop what arrives after the rejected head
             self._head_began_in_read = False
             super().data_received(data)
-            if not self._reading_head or self._head_rejected or self.transport.is_closing():
-                return
-            if self._head_began_in_read:
-                # The read also held the end of the previous request, so only what the parser saw counts.
-                self._head_bytes = self._parsed_head_bytes
-            else:
-                self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
+            if self.stopped_parser == "head":
                 self._reject_head()
+            elif self.stopped_parser == "trailers":
+                self.transport.close()  # the app gets a disconnect rather than waiting for the rest of the body
+            elif self._reading_head and not self.transport.is_closing():
+                self._count_read(len(data))
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._start_head()
+            self._reading_head = True
+            self._head_bytes = 0
+            self._parsed_bytes = 0
 
         def on_url(self, url: bytes) -> None:
             super().on_url(url)
@@ -89,47 +116,55 @@ if HttpToolsProtocol is not None:
 
         def on_headers_complete(self) -> None:
             self._reading_head = False
+            self._parsed_bytes = 0  # trailers of a chunked body, if any, are counted on their own
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
-            self._start_head()
-
-        def on_response_complete(self) -> None:
-            if self._head_rejected:
-                # The rejected head followed a request whose response was still being written.
-                self.server_state.total_requests += 1
-                self._send_rejection()
-                return
-            super().on_response_complete()
-
-        def send_400_response(self, msg: str) -> None:
-            if self._head_rejected:
-                self._reject_head()  # the parser stopped because _count_parsed raised
-            else:
-                super().send_400_response(msg)
-
-        def _count_parsed(self, size: int) -> None:
-            """Add ``size`` parsed head bytes; past the limit, stop the parser before it takes the request."""
-            self._parsed_head_bytes += size
-            if self._parsed_head_bytes > MAX_HEAD_BYTES:
-                self._head_rejected = True
-                raise HeadersTooLarge("request head too large")  # httptools raises it on as HttpParserCallbackError
-
-        def _start_head(self) -> None:
             self._reading_head = True
             self._head_began_in_read = True
             self._head_bytes = 0
-            self._parsed_head_bytes = 0
+            self._parsed_bytes = 0
+
+        def on_response_complete(self) -> None:
+            if self.stopped_parser != "head":
+                super().on_response_complete()
+                return
+            # The rejected head followed requests whose responses were still to be written.
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return  # that response closed the connection, so no 431 can follow it
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            else:
+                self._send_rejection()
+
+        def _count_read(self, size: int) -> None:
+            """Count a read that ended inside a head; past the limit, reject the head."""
+            if self._head_began_in_read:
+                # The read also held the end of the previous request, so only what the parser saw counts.
+                self._head_bytes = self._parsed_bytes
+            else:
+                self._head_bytes += size
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self.stopped_parser = "head"
+                self._reject_head()
+
+        def _count_parsed(self, size: int) -> None:
+            """Add ``size`` parsed bytes of the head or trailers; past the limit, stop the parser."""
+            self._parsed_bytes += size
+            if self._parsed_bytes > MAX_HEAD_BYTES:
+                self.stopped_parser = "head" if self._reading_head else "trailers"
+                raise HeadersTooLarge("request head too large")  # httptools raises it on as HttpParserCallbackError
 
         def _reject_head(self) -> None:
-            """Send the 431 now, or after the response still being written, then close."""
-            self._head_rejected = True
+            """Send the 431 now, or after the responses still to be written, then close."""
             self._reading_head = False
             if self.cycle is None or self.cycle.response_complete:
                 self._send_rejection()
             else:
-                self.flow.pause_reading()  # responses go out in order, so the 431 waits for the current one
+                self.flow.pause_reading()  # responses go out in order, so the 431 waits for the others
 
         def _send_rejection(self) -> None:
             error = HeadersTooLarge(

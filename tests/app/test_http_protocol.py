@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import uvicorn
@@ -29,8 +31,12 @@ def base_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         yield host, int(port)
 
 
-def exchange(address: tuple[str, int], payload: bytes, piece: int = 1 << 16) -> bytes:
-    """Send ``payload`` in pieces of ``piece`` bytes and return all the server writes until it closes."""
+def exchange(address: tuple[str, int], payload: bytes, piece: int = 1 << 16, allow_reset: bool = False) -> bytes:
+    """Send ``payload`` in pieces of ``piece`` bytes and return all the server writes until it closes.
+
+    A reset while reading fails the call unless ``allow_reset``, because a client that
+    gets one may never see the response.
+    """
     with socket.create_connection(address, timeout=10) as connection:
         try:
             for start in range(0, len(payload), piece):
@@ -38,8 +44,12 @@ def exchange(address: tuple[str, int], payload: bytes, piece: int = 1 << 16) -> 
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server closed the connection after rejecting the head
         received = b""
-        while chunk := connection.recv(1 << 16):
-            received += chunk
+        try:
+            while chunk := connection.recv(1 << 16):
+                received += chunk
+        except ConnectionResetError:
+            if not allow_reset:
+                raise
     return received
 
 
@@ -95,6 +105,39 @@ def test_oversized_head_after_good_request_gets_431(base_address: tuple[str, int
     assert statuses(response) == [200, 431]
 
 
+def chunked_post(head_padding: int, trailer_bytes: int) -> bytes:
+    """Return a chunked POST with one body chunk and ``trailer_bytes`` of trailers in lines of 100 bytes."""
+    body = json.dumps({"input": ["word"]}).encode()
+    head = b"POST /v1/embeddings HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+    head += b"x-pad: " + b"p" * head_padding + b"\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    trailers = b"".join(b"x-t%05d: %s\r\n" % (index, b"t" * 88) for index in range(trailer_bytes // 100))
+    return head + b"%x\r\n" % len(body) + body + b"\r\n0\r\n" + trailers + b"\r\n"
+
+
+def test_trailers_count_apart_from_head(base_address: tuple[str, int]) -> None:
+    response = exchange(base_address, chunked_post(40_000, 30_000), piece=4096)
+    assert statuses(response) == [400]  # no model is loaded: the request reached the route
+
+
+def test_oversized_trailers_close_connection(base_address: tuple[str, int]) -> None:
+    response = exchange(base_address, chunked_post(100, 2 * MAX_HEAD_BYTES), piece=4096, allow_reset=True)
+    assert statuses(response) == []
+
+
+class CountingProtocol(BoundedHttpToolsProtocol):
+    """The bounded protocol, noting how many bytes it took in before rejecting a head."""
+
+    bytes_before_rejection: list[int] = []
+
+    def data_received(self, data: bytes) -> None:
+        if self.stopped_parser is None:
+            self._bytes_read = getattr(self, "_bytes_read", 0) + len(data)
+        super().data_received(data)
+        if self.stopped_parser is not None and not getattr(self, "_noted", False):
+            self._noted = True
+            CountingProtocol.bytes_before_rejection.append(self._bytes_read)
+
+
 async def slow_app(scope: dict, receive: Callable, send: Callable) -> None:
     """Respond to every HTTP request with 200 after 0.3 s."""
     if scope["type"] != "http":
@@ -104,22 +147,58 @@ async def slow_app(scope: dict, receive: Callable, send: Callable) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def test_431_waits_for_pending_response() -> None:
+@contextmanager
+def slow_server(protocol: type[asyncio.Protocol]) -> Iterator[tuple[str, int]]:
+    """Serve ``slow_app`` with ``protocol`` on 127.0.0.1 in a background thread and yield (host, port)."""
     port = free_port()
-    config = uvicorn.Config(slow_app, host="127.0.0.1", port=port, http=BoundedHttpToolsProtocol, log_level="warning")
+    config = uvicorn.Config(slow_app, host="127.0.0.1", port=port, http=protocol, log_config=None)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         while not server.started:
             time.sleep(0.02)
-        payload = get() + get(headers=b"x-big: " + b"a" * (2 * MAX_HEAD_BYTES) + b"\r\n")
-        response = exchange(("127.0.0.1", port), payload)
+        yield "127.0.0.1", port
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_431_waits_for_pending_response() -> None:
+    with slow_server(BoundedHttpToolsProtocol) as address:
+        response = exchange(address, get() + get(headers=b"x-big: " + b"a" * (2 * MAX_HEAD_BYTES) + b"\r\n"))
     assert statuses(response) == [200, 431]
     assert response.index(b"ok") < response.index(b"431")
+
+
+def test_pipelined_requests_before_oversized_head_are_served() -> None:
+    many_headers = b"".join(b"x-h%d: %s\r\n" % (index, b"c" * 90) for index in range(700))
+    with slow_server(BoundedHttpToolsProtocol) as address:
+        response = exchange(address, get() + get() + get(headers=many_headers), piece=1 << 20)
+    assert statuses(response) == [200, 200, 431]
+
+
+def test_431_logs_no_invalid_request_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO), slow_server(BoundedHttpToolsProtocol) as address:
+        exchange(address, get(headers=b"x-big: " + b"a" * (2 * MAX_HEAD_BYTES) + b"\r\n"))
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [message for message in messages if "Invalid HTTP request" in message]
+    assert len([message for message in messages if message.startswith("rejected request from")]) == 1
+
+
+def test_pending_response_that_closes_drops_431() -> None:
+    with slow_server(BoundedHttpToolsProtocol) as address:
+        response = exchange(address, get(close=True) + get(headers=b"x-big: " + b"a" * (2 * MAX_HEAD_BYTES) + b"\r\n"))
+    assert statuses(response) == [200]
+
+
+def test_rejection_reads_at_most_one_read_past_limit() -> None:
+    CountingProtocol.bytes_before_rejection.clear()
+    with slow_server(CountingProtocol) as address:
+        response = exchange(address, get(headers=b"x-big: " + b"a" * (4 << 20) + b"\r\n"))
+    assert statuses(response) == [431]
+    assert len(CountingProtocol.bytes_before_rejection) == 1
+    assert CountingProtocol.bytes_before_rejection[0] <= MAX_HEAD_BYTES + 256 * 1024  # reads are at most 256 KiB
 
 
 def test_large_body_does_not_count_as_head(base_address: tuple[str, int]) -> None:
