@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 64 * 1024
 # Seconds a connection keeps reading, and dropping, the rest of a rejected request.
 LINGER_S = 2.0
+# While a head is read the parser gets at most this many bytes at a time, so a head is
+# counted to within this many bytes whatever the size of the reads.
+FEED_BYTES = 16 * 1024
 
 try:
     import httptools
@@ -68,15 +71,15 @@ if HttpToolsProtocol is not None:
 
         A head is counted from the end of the previous request (or the connection's start)
         to the end of its headers, so the limit holds for each kept-alive or pipelined
-        request. Bytes are counted as they arrive, so at most about one read past the
-        limit is buffered. Requests pipelined before the rejected head get their responses first.
+        request. Bytes are counted as they arrive and the parser gets at most ``FEED_BYTES``
+        of a head at a time, so at most that much past the limit is parsed. Requests pipelined before the rejected head get their responses first.
         After the 431 the connection reads and drops what the client still sends for
         ``LINGER_S`` seconds before closing, so that the client reads the response rather
         than a reset. Trailers of a chunked body over the limit close the connection, as
         the request is already with the app.
 
-        NOTE: a single trailer line is counted only once it ends, so httptools still
-        buffers one huge trailer line whole, as it does without this class.
+        Reads that end inside trailers count too, so one trailer line cannot grow past the
+        limit either.
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -87,17 +90,27 @@ if HttpToolsProtocol is not None:
             self._head_began_in_read = False
             self._head_bytes = 0  # since the head began, counted per read
             self._parsed_bytes = 0  # of the head or the trailers, counted from the parser's callbacks
+            self._in_chunk_head = False  # after a chunk-size line, before its data: trailers follow the last one
 
         def data_received(self, data: bytes) -> None:
             if self.stopped_parser == "head":
                 return  # drop what arrives after the rejected head
+            start = 0
+            while start < len(data):
+                end = start + FEED_BYTES if self._reading_head or self._in_chunk_head else len(data)
+                self._feed(data[start:end])
+                start = end
+                if self.stopped_parser or self.transport.is_closing() or self.transport.get_protocol() is not self:
+                    break
+
+        def _feed(self, data: bytes) -> None:
             self._head_began_in_read = False
             super().data_received(data)
             if self.stopped_parser == "head":
                 self._reject_head()
             elif self.stopped_parser == "trailers":
                 self.transport.close()  # the app gets a disconnect rather than waiting for the rest of the body
-            elif self._reading_head and not self.transport.is_closing():
+            elif (self._reading_head or self._in_chunk_head) and not self.transport.is_closing():
                 self._count_read(len(data))
 
         def on_message_begin(self) -> None:
@@ -119,8 +132,20 @@ if HttpToolsProtocol is not None:
             self._parsed_bytes = 0  # trailers of a chunked body, if any, are counted on their own
             super().on_headers_complete()
 
+        def on_chunk_header(self) -> None:
+            self._in_chunk_head = True
+            self._head_began_in_read = True
+
+        def on_body(self, body: bytes) -> None:
+            self._in_chunk_head = False
+            super().on_body(body)
+
+        def on_chunk_complete(self) -> None:
+            self._in_chunk_head = False
+
         def on_message_complete(self) -> None:
             super().on_message_complete()
+            self._in_chunk_head = False
             self._reading_head = True
             self._head_began_in_read = True
             self._head_bytes = 0
@@ -148,8 +173,12 @@ if HttpToolsProtocol is not None:
             else:
                 self._head_bytes += size
             if self._head_bytes > MAX_HEAD_BYTES:
-                self.stopped_parser = "head"
-                self._reject_head()
+                if self._reading_head:
+                    self.stopped_parser = "head"
+                    self._reject_head()
+                else:  # one trailer line that has not ended yet
+                    self.stopped_parser = "trailers"
+                    self.transport.close()
 
         def _count_parsed(self, size: int) -> None:
             """Add ``size`` parsed bytes of the head or trailers; past the limit, stop the parser."""
@@ -164,7 +193,9 @@ if HttpToolsProtocol is not None:
             if self.cycle is None or self.cycle.response_complete:
                 self._send_rejection()
             else:
-                self.flow.pause_reading()  # responses go out in order, so the 431 waits for the others
+                # Responses go out in order, so the 431 waits for the others. Input is read and
+                # dropped meanwhile, so a response that closes the connection ends without a reset.
+                self.flow.resume_reading()
 
         def _send_rejection(self) -> None:
             error = HeadersTooLarge(

@@ -124,6 +124,12 @@ def test_oversized_trailers_close_connection(base_address: tuple[str, int]) -> N
     assert statuses(response) == []
 
 
+def test_head_padded_with_spaces_gets_431(base_address: tuple[str, int]) -> None:
+    # The parser drops spaces before a header value, so they never reach its callbacks.
+    padded = get(headers=b"x-p:" + b" " * 100_000 + b"v\r\n", close=True)
+    assert statuses(exchange(base_address, padded, piece=1 << 20)) == [431]
+
+
 class CountingProtocol(BoundedHttpToolsProtocol):
     """The bounded protocol, noting how many bytes it took in before rejecting a head."""
 
@@ -188,8 +194,18 @@ def test_431_logs_no_invalid_request_warning(caplog: pytest.LogCaptureFixture) -
 
 def test_pending_response_that_closes_drops_431() -> None:
     with slow_server(BoundedHttpToolsProtocol) as address:
-        response = exchange(address, get(close=True) + get(headers=b"x-big: " + b"a" * (2 * MAX_HEAD_BYTES) + b"\r\n"))
+        response = exchange(address, get(close=True) + get(headers=b"x-big: " + b"a" * (1 << 20) + b"\r\n"))
     assert statuses(response) == [200]
+
+
+def test_endless_trailer_line_closes_connection() -> None:
+    CountingProtocol.bytes_before_rejection.clear()
+    head = b"POST /slow HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: "
+    with slow_server(CountingProtocol) as address:
+        response = exchange(address, head + b"t" * (8 << 20), allow_reset=True)
+    assert statuses(response) == []
+    assert len(CountingProtocol.bytes_before_rejection) == 1
+    assert CountingProtocol.bytes_before_rejection[0] <= MAX_HEAD_BYTES + 256 * 1024  # reads are at most 256 KiB
 
 
 def test_rejection_reads_at_most_one_read_past_limit() -> None:
