@@ -16,7 +16,7 @@ from app.errors import HeadersTooLarge
 
 logger = logging.getLogger(__name__)
 
-# Request line and headers together; h11 stops at 16 KiB of an unfinished head.
+# Request line and headers together. h11, for comparison, stops at 16 KiB of an unfinished head.
 MAX_HEAD_BYTES = 64 * 1024
 # Seconds a connection keeps reading, and dropping, the rest of a rejected request.
 LINGER_S = 2.0
@@ -49,7 +49,7 @@ if HttpToolsProtocol is not None:
         """An httptools parser whose ``feed_data`` returns quietly when the protocol stopped it on purpose.
 
         uvicorn logs every parser error as an invalid request before it calls
-        ``send_400_response``; a head or trailers over the limit are not that.
+        ``send_400_response``, but a head or trailers over the limit are not invalid.
         """
 
         def __init__(self, parser: Any, protocol: BoundedHttpToolsProtocol) -> None:
@@ -72,14 +72,13 @@ if HttpToolsProtocol is not None:
         A head is counted from the end of the previous request (or the connection's start)
         to the end of its headers, so the limit holds for each kept-alive or pipelined
         request. Bytes are counted as they arrive and the parser gets at most ``FEED_BYTES``
-        of a head at a time, so at most that much past the limit is parsed. Requests pipelined before the rejected head get their responses first.
-        After the 431 the connection reads and drops what the client still sends for
-        ``LINGER_S`` seconds before closing, so that the client reads the response rather
-        than a reset. Trailers of a chunked body over the limit close the connection, as
-        the request is already with the app.
+        of a head at a time, so at most that much past the limit is parsed. Requests
+        pipelined before the rejected head get their responses first. After the 431 the
+        connection reads and drops what the client still sends for ``LINGER_S`` seconds
+        before closing, so that the client reads the response rather than a reset.
 
-        Reads that end inside trailers count too, so one trailer line cannot grow past the
-        limit either.
+        Trailers of a chunked body are counted the same way, apart from the head. Over the
+        limit they close the connection, because the request is already with the app.
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -90,7 +89,8 @@ if HttpToolsProtocol is not None:
             self._head_began_in_read = False
             self._head_bytes = 0  # since the head began, counted per read
             self._parsed_bytes = 0  # of the head or the trailers, counted from the parser's callbacks
-            self._in_chunk_head = False  # after a chunk-size line, before its data: trailers follow the last one
+            # True from a chunk-size line to its data, and after the last one through the trailers.
+            self._in_chunk_head = False
 
         def data_received(self, data: bytes) -> None:
             if self.stopped_parser == "head":
@@ -106,10 +106,8 @@ if HttpToolsProtocol is not None:
         def _feed(self, data: bytes) -> None:
             self._head_began_in_read = False
             super().data_received(data)
-            if self.stopped_parser == "head":
-                self._reject_head()
-            elif self.stopped_parser == "trailers":
-                self.transport.close()  # the app gets a disconnect rather than waiting for the rest of the body
+            if self.stopped_parser is not None:
+                self._act_on_limit()
             elif (self._reading_head or self._in_chunk_head) and not self.transport.is_closing():
                 self._count_read(len(data))
 
@@ -166,26 +164,38 @@ if HttpToolsProtocol is not None:
                 self._send_rejection()
 
         def _count_read(self, size: int) -> None:
-            """Count a read that ended inside a head; past the limit, reject the head."""
+            """Count a read that ended inside a head or inside trailers, and act once they pass the limit.
+
+            Inside trailers, only a trailer line that has not ended yet can pass the limit here.
+            """
             if self._head_began_in_read:
                 # The read also held the end of the previous request, so only what the parser saw counts.
                 self._head_bytes = self._parsed_bytes
             else:
                 self._head_bytes += size
             if self._head_bytes > MAX_HEAD_BYTES:
-                if self._reading_head:
-                    self.stopped_parser = "head"
-                    self._reject_head()
-                else:  # one trailer line that has not ended yet
-                    self.stopped_parser = "trailers"
-                    self.transport.close()
+                self.stopped_parser = "head" if self._reading_head else "trailers"
+                self._act_on_limit()
 
         def _count_parsed(self, size: int) -> None:
-            """Add ``size`` parsed bytes of the head or trailers; past the limit, stop the parser."""
+            """Add ``size`` parsed bytes of the head or trailers, and stop the parser once they pass the limit."""
             self._parsed_bytes += size
             if self._parsed_bytes > MAX_HEAD_BYTES:
                 self.stopped_parser = "head" if self._reading_head else "trailers"
-                raise HeadersTooLarge("request head too large")  # httptools raises it on as HttpParserCallbackError
+                # httptools re-raises this as HttpParserCallbackError, which _StoppableParser drops.
+                raise HeadersTooLarge(f"request {self.stopped_parser} too large")
+
+        def _act_on_limit(self) -> None:
+            """Reject a head over the limit with 431, or close a connection whose trailers are over it."""
+            if self.stopped_parser == "head":
+                self._reject_head()
+                return
+            client = self._client_name()
+            logger.info("closed connection from %s: trailers of a chunked body exceed %d bytes", client, MAX_HEAD_BYTES)
+            self.transport.close()  # the app gets a disconnect rather than waiting for the rest of the body
+
+        def _client_name(self) -> str:
+            return "%s:%d" % self.client if self.client else "unknown client"
 
         def _reject_head(self) -> None:
             """Send the 431 now, or after the responses still to be written, then close."""
@@ -202,8 +212,7 @@ if HttpToolsProtocol is not None:
                 f"request line and headers exceed {MAX_HEAD_BYTES} bytes, the most this service reads; "
                 "send large values in the body"
             )
-            client = "%s:%d" % self.client if self.client else "unknown client"
-            logger.info("rejected request from %s: %s", client, error.message)
+            logger.info("rejected request from %s: %s", self._client_name(), error.message)
             body = json.dumps({"error": {"type": error.error_type, "message": error.message}}).encode("utf-8")
             head = (
                 f"HTTP/1.1 {error.status} Request Header Fields Too Large\r\n"

@@ -121,6 +121,24 @@ def free_port() -> int:
 
 
 @contextmanager
+def serve_in_thread(config: uvicorn.Config, timeout_s: float = 30.0) -> Iterator[None]:
+    """Run a uvicorn server for ``config`` in a background thread until the block ends."""
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on port {config.port}")
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)
+
+
+@contextmanager
 def live_server(settings: Settings, timeout_s: float = 30.0) -> Iterator[str]:
     """Serve the app with uvicorn on 127.0.0.1 in a background thread and yield its base URL."""
     port = free_port()
@@ -133,19 +151,8 @@ def live_server(settings: Settings, timeout_s: float = 30.0) -> Iterator[str]:
         http=http_protocol(settings.http),
         loop=settings.loop,
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"uvicorn did not start on port {port}")
-        time.sleep(0.02)
-    try:
+    with serve_in_thread(config, timeout_s):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout_s)
 
 
 def png_base64(seed: int = 0, size: int = IMAGE_SIZE, mode: str = "L", data_url: bool = False) -> str:

@@ -7,17 +7,16 @@ import json
 import logging
 import re
 import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import uvicorn
 
 from app.http_protocol import MAX_HEAD_BYTES, BoundedHttpToolsProtocol, http_protocol
 from app.settings import Settings
-from tests.app.helpers import free_port, live_server
+from tests.app.helpers import free_port, live_server, serve_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,7 @@ def get(path: str = "/healthz", headers: bytes = b"", close: bool = False) -> by
 
 
 def statuses(response: bytes) -> list[int]:
-    """Return the status of each response in ``response``; the bodies here never contain a status line."""
+    """Return the status of each response in ``response``, whose bodies never contain a status line."""
     return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", response)]
 
 
@@ -99,7 +98,7 @@ def test_limit_counts_each_kept_alive_request(base_address: tuple[str, int]) -> 
     assert statuses(response) == [200] * 6
 
 
-def test_oversized_head_after_good_request_gets_431(base_address: tuple[str, int]) -> None:
+def test_oversized_head_after_good_request(base_address: tuple[str, int]) -> None:
     payload = get() + get(headers=b"x-big: " + b"a" * (2 * MAX_HEAD_BYTES) + b"\r\n")
     response = exchange(base_address, payload, piece=4096)
     assert statuses(response) == [200, 431]
@@ -135,13 +134,18 @@ class CountingProtocol(BoundedHttpToolsProtocol):
 
     bytes_before_rejection: list[int] = []
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bytes_read = 0
+        self.noted = False
+
     def data_received(self, data: bytes) -> None:
         if self.stopped_parser is None:
-            self._bytes_read = getattr(self, "_bytes_read", 0) + len(data)
+            self.bytes_read += len(data)
         super().data_received(data)
-        if self.stopped_parser is not None and not getattr(self, "_noted", False):
-            self._noted = True
-            CountingProtocol.bytes_before_rejection.append(self._bytes_read)
+        if self.stopped_parser is not None and not self.noted:
+            self.noted = True
+            CountingProtocol.bytes_before_rejection.append(self.bytes_read)
 
 
 async def slow_app(scope: dict, receive: Callable, send: Callable) -> None:
@@ -158,16 +162,8 @@ def slow_server(protocol: type[asyncio.Protocol]) -> Iterator[tuple[str, int]]:
     """Serve ``slow_app`` with ``protocol`` on 127.0.0.1 in a background thread and yield (host, port)."""
     port = free_port()
     config = uvicorn.Config(slow_app, host="127.0.0.1", port=port, http=protocol, log_config=None)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.02)
+    with serve_in_thread(config):
         yield "127.0.0.1", port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_431_waits_for_pending_response() -> None:
@@ -177,7 +173,7 @@ def test_431_waits_for_pending_response() -> None:
     assert response.index(b"ok") < response.index(b"431")
 
 
-def test_pipelined_requests_before_oversized_head_are_served() -> None:
+def test_pipelined_requests_served_before_431() -> None:
     many_headers = b"".join(b"x-h%d: %s\r\n" % (index, b"c" * 90) for index in range(700))
     with slow_server(BoundedHttpToolsProtocol) as address:
         response = exchange(address, get() + get() + get(headers=many_headers), piece=1 << 20)
@@ -208,7 +204,7 @@ def test_endless_trailer_line_closes_connection() -> None:
     assert CountingProtocol.bytes_before_rejection[0] <= MAX_HEAD_BYTES + 256 * 1024  # reads are at most 256 KiB
 
 
-def test_rejection_reads_at_most_one_read_past_limit() -> None:
+def test_head_rejected_within_one_read() -> None:
     CountingProtocol.bytes_before_rejection.clear()
     with slow_server(CountingProtocol) as address:
         response = exchange(address, get(headers=b"x-big: " + b"a" * (4 << 20) + b"\r\n"))
@@ -217,7 +213,7 @@ def test_rejection_reads_at_most_one_read_past_limit() -> None:
     assert CountingProtocol.bytes_before_rejection[0] <= MAX_HEAD_BYTES + 256 * 1024  # reads are at most 256 KiB
 
 
-def test_large_body_does_not_count_as_head(base_address: tuple[str, int]) -> None:
+def test_large_body_not_counted_as_head(base_address: tuple[str, int]) -> None:
     body = json.dumps({"input": ["word " * 100_000]}).encode()
     head = b"POST /v1/embeddings HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
     head += b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)

@@ -35,7 +35,7 @@ def test_faiss_loader_lines_shown_at_debug() -> None:
 
 
 def test_uvicorn_runs_on_uvloop_and_httptools() -> None:
-    """Both are dependencies; without them uvicorn falls back to slower pure-Python parts without a word."""
+    """Both are dependencies. Without them uvicorn falls back to slower pure-Python parts and logs nothing."""
     from uvicorn.config import Config
 
     config = Config(app=lambda scope, receive, send: None, log_config=None)
@@ -45,7 +45,7 @@ def test_uvicorn_runs_on_uvloop_and_httptools() -> None:
         assert config.get_loop_factory().__module__.startswith("uvloop")
 
 
-def test_http_parser_and_loop_flags_reach_uvicorn(monkeypatch, tmp_path) -> None:
+def test_http_and_loop_flags_reach_uvicorn(monkeypatch, tmp_path) -> None:
     import uvicorn
 
     import app.__main__ as entry
